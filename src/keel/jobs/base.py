@@ -1,0 +1,228 @@
+"""Scheduling: run tasks on cron schedules, in dependency order, with retries and backfills.
+
+A scheduler knows tasks (name, cron schedule, upstream tasks, retry policy) and keeps a history of
+runs. The embedded engine (``keel.jobs.embedded``) runs tasks in-process and keeps the history in a
+SQLite file; a production engine hands the same tasks to Airflow. Both honour this contract.
+
+Contract:
+* Times are UTC. Cron expressions are the 5-field kind (``"0 3 * * *"``) or a preset such as
+  ``"@daily"``, read in UTC. A *logical date* is the scheduled time a run is for (tz-aware UTC);
+  a task's ``run`` callable receives it, so re-running a date recomputes the same period.
+* A task succeeds when ``run`` returns; anything it raises is a failure recorded on the run as
+  ``"<ExceptionType>: <message>"`` and never escapes the scheduler. After a failure it is retried
+  ``retries`` more times, waiting ``retry_delay`` seconds, doubled after each attempt.
+* Upstream: a task runs for logical date D only once each of its upstream tasks has a successful
+  run for the same D; otherwise the run is recorded as ``upstream_failed`` with an error naming the
+  upstream, and ``run`` is not called. Only ``tick`` checks upstream: ``trigger`` and ``backfill``
+  run exactly the task named (a manual run is an explicit override).
+* ``runs`` lists newest first and reflects every run started by any process sharing the state.
+"""
+
+from __future__ import annotations
+
+import graphlib
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Literal, Protocol, runtime_checkable
+
+from croniter import CroniterBadDateError, croniter  # type: ignore[import-untyped]
+
+from keel.errors import ConfigError
+
+RunState = Literal["queued", "running", "success", "failed", "upstream_failed"]
+FINISHED_STATES: frozenset[str] = frozenset({"success", "failed", "upstream_failed"})
+CRON_PRESETS = ("@yearly", "@annually", "@monthly", "@weekly", "@daily", "@midnight", "@hourly")
+# How many fire times of a task are compared with its upstream's schedule by `validate_tasks`.
+_ALIGNMENT_SAMPLES = 60
+_EPOCH = datetime(2024, 1, 1, tzinfo=UTC)
+
+
+@dataclass(frozen=True)
+class Task:
+    """One schedulable unit of work.
+
+    `schedule` is a cron expression (UTC) or None for a task that runs only when triggered.
+    `run` is called with the logical date; its return value is ignored.
+    """
+
+    name: str
+    schedule: str | None
+    run: Callable[[datetime], object]
+    upstream: tuple[str, ...] = ()
+    retries: int = 2
+    retry_delay: float = 1.0
+
+
+@dataclass(frozen=True)
+class Run:
+    """One run of a task for one logical date, as recorded in the run history.
+
+    `attempts` counts calls of the task's `run` (0 for a run that never started, such as an
+    ``upstream_failed`` one). `started`/`finished` are wall-clock UTC times, None until reached.
+    `error` is set for ``failed`` and ``upstream_failed`` runs.
+    """
+
+    id: int
+    task: str
+    logical_date: datetime
+    state: RunState
+    attempts: int
+    started: datetime | None
+    finished: datetime | None
+    error: str | None
+
+
+@runtime_checkable
+class Scheduler(Protocol):
+    def sync(self, tasks: Sequence[Task]) -> None:
+        """Replace the set of known tasks with `tasks`, after validating all of them.
+
+        Raises ``ConfigError`` — and changes nothing — for a duplicate name, a bad cron
+        expression, an unknown upstream task, a dependency cycle (the message names the cycle),
+        or a scheduled task whose upstream is not scheduled at every time it is.
+        """
+        ...
+
+    def tick(self, now: datetime) -> list[Run]:
+        """Run every task whose schedule fired in (previous tick, `now`]; return those runs.
+
+        Runs execute before this returns, upstream before downstream for the same logical date;
+        a task whose upstream has no successful run for that date is recorded ``upstream_failed``.
+        A task first seen by ``tick`` starts its schedule there: it does not run for earlier times.
+        After downtime (several fire times missed since the previous tick) only the latest missed
+        time is run; the others are skipped, not queued (there is no catch-up: use ``backfill``).
+        """
+        ...
+
+    def trigger(self, name: str, logical_date: datetime | None = None) -> Run:
+        """Run task `name` now, synchronously, with its retries; return the finished run.
+
+        The logical date defaults to the current time. Upstream is neither checked nor run.
+        Raises ``NotFoundError`` for an unknown task.
+        """
+        ...
+
+    def backfill(self, name: str, start: datetime, end: datetime) -> list[Run]:
+        """Run task `name` once for every fire time of its schedule in [start, end], oldest first.
+
+        Each run gets its retries; a failed date does not stop the later ones. Upstream is
+        neither checked nor run. Raises ``NotFoundError`` for an unknown task and ``ConfigError``
+        for a task without a schedule.
+        """
+        ...
+
+    def runs(self, task: str | None = None, limit: int = 50) -> list[Run]:
+        """The most recent runs (of `task`, or of all tasks), newest first, at most `limit`."""
+        ...
+
+    def last_success(self, task: str) -> Run | None:
+        """The most recently finished successful run of `task`, or None."""
+        ...
+
+
+# -- validation shared by every engine's `sync` (and by `keel check`) ------------------------------
+
+
+def validate_cron(expr: str) -> str | None:
+    """Return why `expr` is not a usable schedule, or None if it is.
+
+    Accepted: 5 fields (minute hour day-of-month month day-of-week, read in UTC) or one of
+    ``CRON_PRESETS``. Seconds and year fields are refused because Airflow does not take them.
+    """
+    text = expr.strip()
+    if text.startswith("@"):
+        if text not in CRON_PRESETS:
+            return f"unknown cron preset {expr!r}: use one of {', '.join(CRON_PRESETS)}"
+    elif len(text.split()) != 5:
+        return (
+            f"cron expression {expr!r} has {len(text.split())} fields: write 5 "
+            "(minute hour day-of-month month day-of-week), e.g. '0 3 * * *' for 03:00 UTC daily"
+        )
+    try:
+        croniter(text, _EPOCH).get_next(datetime)
+    except CroniterBadDateError:
+        return f"cron expression {expr!r} never fires (no date matches it)"
+    except (ValueError, KeyError, TypeError) as exc:
+        return f"bad cron expression {expr!r}: {exc}"
+    return None
+
+
+def find_cycle(edges: Mapping[str, Sequence[str]]) -> list[str] | None:
+    """A dependency cycle in `edges` (task -> its upstream tasks), or None.
+
+    The cycle is returned closed and in the direction of dependence: ``["a", "b", "a"]`` means
+    a waits for b and b waits for a. Names that appear only as upstream are leaves.
+    """
+    try:
+        graphlib.TopologicalSorter(edges).prepare()
+    except graphlib.CycleError as exc:
+        # graphlib lists the cycle from upstream to downstream; users read "a needs b".
+        return [str(name) for name in reversed(exc.args[1])]
+    return None
+
+
+def validate_tasks(tasks: Sequence[Task]) -> list[str]:
+    """Check `tasks` as ``Scheduler.sync`` promises; return their names, upstream first.
+
+    Raises ``ConfigError`` naming the task for: a duplicate name, a bad cron expression, an
+    unknown upstream, negative retries, a dependency cycle (naming it), or a scheduled task whose
+    upstream does not fire at each of its fire times (it would never find the upstream's run for
+    its logical date; checked on the next 60 fire times).
+    """
+    by_name: dict[str, Task] = {}
+    for task in tasks:
+        if task.name in by_name:
+            raise ConfigError(f"two tasks are named {task.name!r}: give each task a unique name")
+        by_name[task.name] = task
+    for task in tasks:
+        _check_task(task, by_name)
+    edges = {t.name: t.upstream for t in tasks}
+    cycle = find_cycle(edges)
+    if cycle:
+        raise ConfigError(
+            "tasks depend on each other in a cycle: " + " -> ".join(cycle)
+            + " (a -> b means a waits for b); remove one of these upstream links"
+        )
+    for task in tasks:
+        _check_alignment(task, by_name)
+    return list(graphlib.TopologicalSorter(edges).static_order())
+
+
+def _check_task(task: Task, by_name: Mapping[str, Task]) -> None:
+    if task.schedule is not None:
+        problem = validate_cron(task.schedule)
+        if problem:
+            raise ConfigError(f"task {task.name!r}: {problem}")
+    for upstream in task.upstream:
+        if upstream not in by_name:
+            raise ConfigError(
+                f"task {task.name!r} has upstream {upstream!r}, which is not a task: "
+                f"known tasks are {', '.join(sorted(by_name))}"
+            )
+    if task.retries < 0 or task.retry_delay < 0:
+        raise ConfigError(f"task {task.name!r}: retries and retry_delay must be >= 0")
+
+
+def _check_alignment(task: Task, by_name: Mapping[str, Task]) -> None:
+    """A scheduled task runs for D only after its upstream succeeded for D: the upstream must fire at D."""
+    if task.schedule is None:
+        return
+    for name in task.upstream:
+        upstream = by_name[name].schedule
+        if upstream == task.schedule:
+            continue
+        hint = (
+            "a task runs for a logical date only after its upstream succeeded for the same date: "
+            f"give {name!r} the schedule of {task.name!r}"
+        )
+        if upstream is None:
+            raise ConfigError(f"task {task.name!r} is scheduled but its upstream {name!r} has no schedule; {hint}")
+        times = croniter(task.schedule, _EPOCH)
+        for _ in range(_ALIGNMENT_SAMPLES):
+            fire = times.get_next(datetime)
+            if not croniter.match(upstream, fire):
+                raise ConfigError(
+                    f"task {task.name!r} (schedule {task.schedule!r}) fires at {fire:%Y-%m-%d %H:%M} UTC, "
+                    f"when its upstream {name!r} (schedule {upstream!r}) does not; {hint}"
+                )

@@ -1,0 +1,366 @@
+"""The embedded scheduler: cron, dependencies, retries and backfills in-process, history in SQLite.
+
+Runs execute synchronously in the calling thread (``tick``, ``trigger``, ``backfill``) or in the
+thread running ``run_forever``; a long task delays the next tick. The history lives in one SQLite
+file in WAL mode, so it survives restarts and other processes (``keel status``) can read it while
+a scheduler writes. Each run records which process owns it; on open, a run still ``queued`` or
+``running`` whose process is gone is marked ``failed`` with error ``"interrupted"``.
+
+Two processes may tick the same file: the per-task tick marks are read and advanced in one write
+transaction, so a fire time is claimed by one of them only.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any, cast
+
+from croniter import croniter, croniter_range  # type: ignore[import-untyped]
+
+from keel.errors import BackendError, ConfigError, NotFoundError
+from keel.jobs.base import Run, RunState, Task, find_cycle, validate_cron, validate_tasks
+
+__all__ = ["EmbeddedScheduler", "find_cycle", "validate_cron"]
+
+log = logging.getLogger("keel.jobs")
+
+INTERRUPTED = "interrupted"
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS runs (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    task TEXT NOT NULL,
+    logical_date TEXT NOT NULL,
+    state TEXT NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    started TEXT,
+    finished TEXT,
+    error TEXT,
+    owner TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS runs_by_task ON runs (task, id);
+CREATE INDEX IF NOT EXISTS runs_by_date ON runs (task, logical_date);
+CREATE INDEX IF NOT EXISTS runs_by_state ON runs (state);
+CREATE TABLE IF NOT EXISTS ticks (task TEXT PRIMARY KEY, last_tick TEXT NOT NULL);
+"""
+_COLUMNS = "id, task, logical_date, state, attempts, started, finished, error"
+
+
+class EmbeddedScheduler:
+    """The in-process ``Scheduler``; `state_path` is the SQLite history file (created if absent).
+
+    `clock` gives the wall-clock time (for run timestamps, the default logical date of
+    ``trigger`` and ``run_forever``); `sleep` waits between retries. Both exist for tests.
+    """
+
+    def __init__(
+        self,
+        state_path: Path,
+        tasks: Sequence[Task] | None = None,
+        *,
+        clock: Callable[[], datetime] | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self.state_path = Path(state_path)
+        self._clock = clock or (lambda: datetime.now(UTC))
+        self._sleep = sleep
+        self._owner = _process_token(os.getpid())
+        self._lock = threading.Lock()
+        self._tasks: dict[str, Task] = {}
+        self._order: dict[str, int] = {}
+        try:
+            self.state_path.parent.mkdir(parents=True, exist_ok=True)
+            self._db = sqlite3.connect(self.state_path, isolation_level=None, check_same_thread=False, timeout=30)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.executescript(_SCHEMA)
+        except (sqlite3.Error, OSError) as exc:
+            raise BackendError(
+                f"cannot open the scheduler state {self.state_path}: {exc}; "
+                "check the `state` directory of the profile is writable"
+            ) from exc
+        self._recover_interrupted()
+        if tasks:
+            self.sync(tasks)
+
+    # -- Scheduler -----------------------------------------------------------------------------
+
+    def sync(self, tasks: Sequence[Task]) -> None:
+        order = validate_tasks(tasks)
+        with self._lock:
+            self._tasks = {task.name: task for task in tasks}
+            self._order = {name: i for i, name in enumerate(order)}
+
+    def tick(self, now: datetime) -> list[Run]:
+        now = _utc(now)
+        due: list[tuple[datetime, Task]] = []
+        with self._lock, self._transaction() as db:
+            marks = {name: _parse(text) for name, text in db.execute("SELECT task, last_tick FROM ticks")}
+            for task in self._tasks.values():
+                if task.schedule is None:
+                    continue
+                last = marks.get(task.name)
+                if last is None or now > last:
+                    db.execute(
+                        "INSERT INTO ticks (task, last_tick) VALUES (?, ?) "
+                        "ON CONFLICT (task) DO UPDATE SET last_tick = excluded.last_tick",
+                        (task.name, _iso(now)),
+                    )
+                if last is None or now <= last:
+                    continue
+                fire = _latest_fire(task.schedule, now)
+                if fire <= last:
+                    continue
+                first = croniter(task.schedule, last).get_next(datetime)
+                if first < fire:
+                    log.warning("task %s: skipped fire times %s to %s (missed while not ticking); "
+                                "running %s only", task.name, first, fire - timedelta(microseconds=1), fire)
+                due.append((fire, task))
+            due.sort(key=lambda item: (item[0], self._order[item[1].name]))
+            run_ids = [self._insert(db, task.name, date) for date, task in due]
+        results = []
+        for (date, task), run_id in zip(due, run_ids, strict=True):
+            blocked = self._upstream_problem(task, date)
+            if blocked:
+                results.append(self._finish(run_id, "upstream_failed", blocked, attempts=0))
+            else:
+                results.append(self._execute(task, date, run_id))
+        return results
+
+    def trigger(self, name: str, logical_date: datetime | None = None) -> Run:
+        task = self._task(name)
+        date = _utc(logical_date) if logical_date is not None else self._clock().replace(microsecond=0)
+        with self._lock, self._transaction() as db:
+            run_id = self._insert(db, name, date)
+        return self._execute(task, date, run_id)
+
+    def backfill(self, name: str, start: datetime, end: datetime) -> list[Run]:
+        task = self._task(name)
+        if task.schedule is None:
+            raise ConfigError(
+                f"task {name!r} has no schedule, so it has no dates to backfill: "
+                "trigger it once per date instead"
+            )
+        start, end = _utc(start), _utc(end)
+        if start > end:
+            raise ConfigError(f"backfill of {name!r}: start {start} is after end {end}")
+        dates = [_utc(d) for d in croniter_range(start, end, task.schedule, ret_type=datetime)]
+        with self._lock, self._transaction() as db:
+            run_ids = [self._insert(db, name, date) for date in dates]
+        return [self._execute(task, date, run_id) for date, run_id in zip(dates, run_ids, strict=True)]
+
+    def runs(self, task: str | None = None, limit: int = 50) -> list[Run]:
+        if task is None:
+            rows = self._query(f"SELECT {_COLUMNS} FROM runs ORDER BY id DESC LIMIT ?", (limit,))
+        else:
+            rows = self._query(f"SELECT {_COLUMNS} FROM runs WHERE task = ? ORDER BY id DESC LIMIT ?", (task, limit))
+        return [_to_run(row) for row in rows]
+
+    def last_success(self, task: str) -> Run | None:
+        rows = self._query(
+            f"SELECT {_COLUMNS} FROM runs WHERE task = ? AND state = 'success' "
+            "ORDER BY finished DESC, id DESC LIMIT 1",
+            (task,),
+        )
+        return _to_run(rows[0]) if rows else None
+
+    # -- lifecycle -----------------------------------------------------------------------------
+
+    def run_forever(self, stop: threading.Event, poll_seconds: float = 1.0) -> None:
+        """Tick with the wall clock every `poll_seconds` until `stop` is set.
+
+        A failing tick (e.g. the state file is briefly locked by another process) is logged and
+        retried at the next poll; task failures are recorded on their runs, never raised here.
+        """
+        while not stop.is_set():
+            try:
+                self.tick(self._clock())
+            except BackendError:
+                log.exception("scheduler tick failed; retrying in %.1fs", poll_seconds)
+            stop.wait(poll_seconds)
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    def __enter__(self) -> EmbeddedScheduler:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- internals -----------------------------------------------------------------------------
+
+    def _task(self, name: str) -> Task:
+        task = self._tasks.get(name)
+        if task is None:
+            known = ", ".join(sorted(self._tasks)) or "none"
+            raise NotFoundError(f"no task named {name!r}; known tasks: {known}")
+        return task
+
+    def _execute(self, task: Task, date: datetime, run_id: int) -> Run:
+        attempts = 0
+        while True:
+            attempts += 1
+            self._update(run_id, state="running", attempts=attempts, started=attempts == 1)
+            try:
+                task.run(date)
+            except Exception as exc:  # a task's failure is data for its run, never the scheduler's
+                error = f"{type(exc).__name__}: {exc}"
+                if attempts > task.retries:
+                    log.error("task %s for %s failed after %d attempts: %s", task.name, date, attempts, error)
+                    return self._finish(run_id, "failed", error, attempts=attempts)
+                delay = task.retry_delay * 2 ** (attempts - 1)
+                log.warning("task %s for %s failed (attempt %d), retrying in %.1fs: %s",
+                            task.name, date, attempts, delay, error)
+                self._sleep(delay)
+            except BaseException:
+                self._finish(run_id, "failed", INTERRUPTED, attempts=attempts)
+                raise
+            else:
+                return self._finish(run_id, "success", None, attempts=attempts)
+
+    def _upstream_problem(self, task: Task, date: datetime) -> str | None:
+        for upstream in task.upstream:
+            rows = self._query(
+                "SELECT state FROM runs WHERE task = ? AND logical_date = ? "
+                "ORDER BY state = 'success' DESC, id DESC LIMIT 1",
+                (upstream, _iso(date)),
+            )
+            if not rows:
+                return f"upstream {upstream!r} has no run for {_iso(date)}"
+            if rows[0][0] != "success":
+                return f"upstream {upstream!r} {rows[0][0]} for {_iso(date)}"
+        return None
+
+    def _insert(self, db: sqlite3.Connection, task: str, date: datetime) -> int:
+        cursor = db.execute(
+            "INSERT INTO runs (task, logical_date, state, owner) VALUES (?, ?, 'queued', ?)",
+            (task, _iso(date), self._owner),
+        )
+        return cast(int, cursor.lastrowid)
+
+    def _update(self, run_id: int, *, state: RunState, attempts: int, started: bool) -> None:
+        now = _iso(self._clock())
+        with self._lock, self._transaction() as db:
+            db.execute(
+                "UPDATE runs SET state = ?, attempts = ?, started = CASE WHEN ? THEN ? ELSE started END WHERE id = ?",
+                (state, attempts, started, now, run_id),
+            )
+
+    def _finish(self, run_id: int, state: RunState, error: str | None, *, attempts: int) -> Run:
+        with self._lock, self._transaction() as db:
+            db.execute(
+                "UPDATE runs SET state = ?, attempts = ?, finished = ?, error = ? WHERE id = ?",
+                (state, attempts, _iso(self._clock()), error, run_id),
+            )
+            row = db.execute(f"SELECT {_COLUMNS} FROM runs WHERE id = ?", (run_id,)).fetchone()
+        return _to_run(row)
+
+    def _recover_interrupted(self) -> None:
+        with self._lock, self._transaction() as db:
+            open_runs = db.execute("SELECT id, owner FROM runs WHERE state IN ('queued', 'running')").fetchall()
+            dead = [(run_id,) for run_id, owner in open_runs if not _owner_alive(owner)]
+            db.executemany(
+                "UPDATE runs SET state = 'failed', error = ?, finished = ? WHERE id = ?",
+                [(INTERRUPTED, _iso(self._clock()), run_id) for (run_id,) in dead],
+            )
+        if dead:
+            log.warning("marked %d run(s) of a stopped process as failed (interrupted)", len(dead))
+
+    def _query(self, sql: str, params: tuple[Any, ...]) -> list[tuple[Any, ...]]:
+        with self._lock:
+            try:
+                return self._db.execute(sql, params).fetchall()
+            except sqlite3.Error as exc:
+                raise BackendError(f"reading the scheduler state {self.state_path} failed: {exc}") from exc
+
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        """A write transaction (taken up front, so concurrent tickers serialise); caller holds _lock."""
+        try:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+        except sqlite3.Error as exc:
+            raise BackendError(
+                f"writing the scheduler state {self.state_path} failed: {exc}; "
+                "if another process holds it for long, stop that process"
+            ) from exc
+
+
+# -- helpers ---------------------------------------------------------------------------------------
+
+
+def _utc(moment: datetime) -> datetime:
+    """Naive datetimes are taken as UTC (keel's schedules are UTC); aware ones are converted."""
+    if moment.tzinfo is None:
+        return moment.replace(tzinfo=UTC)
+    return moment.astimezone(UTC)
+
+
+def _iso(moment: datetime) -> str:
+    return _utc(moment).isoformat(timespec="microseconds")
+
+
+def _parse(text: str | None) -> datetime:
+    return datetime.fromisoformat(cast(str, text))
+
+
+def _latest_fire(schedule: str, now: datetime) -> datetime:
+    """The latest fire time <= now (croniter's get_prev is strictly before its base)."""
+    return _utc(croniter(schedule, now + timedelta(microseconds=1)).get_prev(datetime))
+
+
+def _to_run(row: tuple[Any, ...]) -> Run:
+    run_id, task, logical_date, state, attempts, started, finished, error = row
+    return Run(
+        id=run_id,
+        task=task,
+        logical_date=_parse(logical_date),
+        state=state,
+        attempts=attempts,
+        started=_parse(started) if started else None,
+        finished=_parse(finished) if finished else None,
+        error=error,
+    )
+
+
+def _start_time(pid: int) -> str | None:
+    """The kernel's start time of `pid` (Linux), which tells a live process from a reused pid."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat[stat.rfind(")") + 2:].split()
+    return None if fields[0] == "Z" else fields[19]  # a zombie has exited
+
+
+def _process_token(pid: int) -> str:
+    return f"{pid}:{_start_time(pid) or '?'}"
+
+
+def _owner_alive(owner: str) -> bool:
+    pid_text, _, started = owner.partition(":")
+    pid = int(pid_text)
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    if started == "?" or not Path("/proc").is_dir():
+        return True
+    return _start_time(pid) == started
