@@ -1,0 +1,32 @@
+"""The exposures stream: one event each time an endpoint serves a unit under an experiment.
+
+A project that declares an experiment gets, built in, the stream `exposures`, the lake table
+`exposures` and the processor that lands one in the other exactly once.
+"""
+
+from __future__ import annotations
+
+from keel.catalog import Catalog
+from keel.declare import Processor, Stream, Table
+from keel.schema import Event
+
+EXPOSURES = "exposures"
+
+
+class Exposure(Event):
+    experiment: str
+    variant: str
+    unit: str
+    endpoint: str
+
+
+def add_exposures(catalog: Catalog) -> None:
+    """Declare the built-in exposures stream, table and landing, unless the project did."""
+    if not catalog.experiments or EXPOSURES in catalog.streams:
+        return
+    where = {"file": "keel (built in)", "line": 0, "owner": "keel"}
+    stream = Stream(name=EXPOSURES, schema=Exposure, key="unit", description="experiment exposures", **where)
+    table = Table(name=EXPOSURES, partition_by=("event_date",), description="experiment exposures", **where)
+    catalog.add(stream)
+    catalog.add(table)
+    catalog.add(Processor(name=f"land_{EXPOSURES}", stream=stream, into=(table,), **where))

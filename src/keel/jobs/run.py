@@ -1,0 +1,74 @@
+"""Running a declared batch job once, for one logical date, on the embedded engines.
+
+A job function gets a `JobContext` and returns SQL text (run over the lake's tables by name),
+an Arrow table or a Polars frame. A table output is replaced by the result in one commit; a
+view output gets one value per row, keyed by the job's `key` column and versioned by the
+logical date, so re-running an older date never regresses a newer one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import polars as pl
+import pyarrow as pa
+
+from keel.declare import Job
+from keel.errors import KeelError
+
+
+@dataclass
+class JobContext:
+    runtime: Any
+    logical_date: datetime
+
+    def sql(self, query: str) -> pa.Table:
+        """Run SQL over the lake's tables (each queryable by its name)."""
+        result: pa.Table = self.runtime.sql_session().query(query)
+        return result
+
+    def read(self, table: str, columns: list[str] | None = None, filter: str | None = None) -> pa.Table:
+        result: pa.Table = self.runtime.lake.read(table, columns=columns, filter=filter)
+        return result
+
+
+def run_job(runtime: Any, job: Job, logical_date: datetime) -> int:
+    """Run `job` for `logical_date`; return how many rows it wrote."""
+    ctx = JobContext(runtime, logical_date)
+    result = job.run(ctx)
+    if isinstance(result, str):
+        result = ctx.sql(result)
+    if isinstance(result, pl.DataFrame):
+        result = result.to_arrow()
+    if not isinstance(result, pa.Table):
+        raise KeelError(f"job {job.name!r} returned {type(result).__name__}; return SQL text, an Arrow table "
+                        "or a Polars DataFrame")
+    out = job.output
+    if out is None:
+        return result.num_rows
+    version = int(logical_date.timestamp() * 1000)
+    if out.kind == "table":
+        runtime.lake.create_table(out.name, result.schema, list(out.partition_by) or None)
+        runtime.lake.overwrite(out.name, result, writer=job.name, version=version)
+        return result.num_rows
+    key = job.key or ""
+    if key not in result.column_names:
+        raise KeelError(f"job {job.name!r} writes view {out.name!r} keyed by {key!r}, but its result has no such "
+                        f"column (columns: {', '.join(result.column_names)})")
+    rows = result.to_pylist()
+    runtime.views.upsert(out.name, [(str(r.pop(key)), version, r) for r in rows])
+    return len(rows)
+
+
+def scheduler_tasks(runtime: Any) -> list[Any]:
+    """The catalog's jobs as scheduler tasks, with upstream jobs from their inputs."""
+    from keel.jobs.base import Task
+
+    upstream = runtime.catalog.job_upstream()
+    return [
+        Task(name=j.name, schedule=j.schedule, run=(lambda d, j=j: run_job(runtime, j, d)),
+             upstream=upstream.get(j.name, ()), retries=j.retries)
+        for j in runtime.catalog.jobs.values()
+    ]

@@ -1,0 +1,86 @@
+"""A project at run time: its catalog and the engines its profile names, opened once.
+
+`Runtime` is what the CLI, the gateway, processors and jobs share: `bus`, `lake`, `views`, and
+`ensure()` which creates every declared stream (with its dead-letter stream) and is idempotent.
+"""
+
+from __future__ import annotations
+
+import threading
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+from keel.bus import Bus, StreamConfig, open_bus
+from keel.catalog import Catalog
+from keel.config import Config, file_path
+from keel.declare import Stream, seconds
+from keel.kv import KeyValue, open_kv
+from keel.kv.views import Views
+from keel.lake import Lake, open_lake
+from keel.project import Project, load_project
+
+
+class Runtime:
+    def __init__(self, project: Project) -> None:
+        self.project = project
+        self.config: Config = project.config
+        self.catalog: Catalog = project.catalog
+        self._lock = threading.Lock()
+
+    @classmethod
+    def open(cls, root: str | Path = ".", profile: str | None = None, **engines: str) -> Runtime:
+        project = load_project(root, profile)
+        if engines:
+            project = Project(project.config.with_engines(**engines), project.catalog)
+        return cls(project)
+
+    @cached_property
+    def bus(self) -> Bus:
+        return open_bus(self.config.bus, production=self.config.production)
+
+    @cached_property
+    def lake(self) -> Lake:
+        return open_lake(self.config.lake)
+
+    @cached_property
+    def kv(self) -> KeyValue:
+        return open_kv(self.config.kv)
+
+    @cached_property
+    def views(self) -> Views:
+        return Views(self.kv, {v.name: seconds(v.ttl) for v in self.catalog.views.values()})
+
+    @property
+    def state_dir(self) -> Path:
+        """Where processors keep their checkpoints (a local folder in every profile for now)."""
+        path = file_path(self.config.state)
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    def stream(self, name: str) -> Stream:
+        from keel.errors import NotFoundError
+
+        try:
+            return self.catalog.streams[name]  # type: ignore[no-any-return]
+        except KeyError:
+            known = ", ".join(sorted(self.catalog.streams)) or "none"
+            raise NotFoundError(f"no stream {name!r} in this project; streams: {known}") from None
+
+    def ensure(self) -> None:
+        """Create every declared stream on the bus (idempotent)."""
+        for s in self.catalog.streams.values():
+            retention = seconds(s.retention)
+            self.bus.create_stream(StreamConfig(s.name, s.partitions,
+                                                retention_ms=None if retention is None else int(retention * 1000)))
+
+    def sql_session(self) -> Any:
+        from keel.lake.sql import SqlSession
+
+        return SqlSession(self.lake)
+
+    def close(self) -> None:
+        for name in ("bus", "kv"):
+            engine = self.__dict__.pop(name, None)
+            if engine is not None:
+                engine.close()
