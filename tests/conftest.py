@@ -1,4 +1,5 @@
 """Test-wide fixtures. Each real engine's harness (start, wait-ready, stop) lives in tests/harness/."""
 
 pytest_plugins: list[str] = [
+    "tests.harness.redis",
 ]
