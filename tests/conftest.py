@@ -2,4 +2,5 @@
 
 pytest_plugins: list[str] = [
     "tests.harness.redis",
+    "tests.harness.kafka",
 ]

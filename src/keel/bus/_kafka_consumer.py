@@ -1,0 +1,191 @@
+"""The Kafka engine's consumer: one consumer-group member, records as Arrow batches.
+
+Members of a group share a topic's partitions through cooperative rebalancing
+(``cooperative-sticky``): a rebalance moves only the partitions that change owner, and the others
+keep being read. Offsets are committed only by ``commit`` (``enable.auto.commit=false``).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import pyarrow as pa
+
+from keel.bus.base import HEADERS_TYPE, RECORD_SCHEMA, TIMESTAMP_TYPE
+from keel.errors import BackendError, CorruptDataError, KeelError, NotFoundError
+
+log = logging.getLogger("keel.bus.kafka")
+
+# How long a new member waits for its first assignment before it starts reading.
+JOIN_TIMEOUT = 30.0
+
+
+def translate(exc: Exception, what: str) -> KeelError:
+    """Map a confluent-kafka exception to keel's error categories, with what to do next."""
+    err = exc.args[0] if exc.args else None
+    code = err.code() if hasattr(err, "code") else None
+    text = err.str() if hasattr(err, "str") else str(exc)
+    if code == 3:  # UNKNOWN_TOPIC_OR_PART
+        return NotFoundError(f"{what}: the topic does not exist ({text}); create the stream first")
+    return BackendError(f"{what}: Kafka error {text}; check that the brokers are up and reachable, then retry")
+
+
+class KafkaConsumer:
+    """A member of ``group`` reading ``topic`` (see ``keel.bus.base.Consumer`` for the contract)."""
+
+    def __init__(self, ck: Any, common: Mapping[str, Any], topic: str, group: str, partitions: list[int] | None) -> None:
+        self._ck = ck
+        self.topic = topic
+        self.group = group
+        self._owned: set[int] = set()
+        self._pending: list[Any] = []
+        self._closed = False
+        self._consumer = ck.Consumer({
+            **common,
+            "group.id": group,
+            "enable.auto.commit": False,
+            "enable.auto.offset.store": False,
+            "auto.offset.reset": "earliest",
+            "partition.assignment.strategy": "cooperative-sticky",
+            "check.crcs": True,  # a corrupt record becomes an error, never data
+            "isolation.level": "read_committed",
+        })
+        try:
+            if partitions is None:
+                self._consumer.subscribe([topic], on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_revoke)
+                self._await_assignment()
+            else:
+                self._consumer.assign([ck.TopicPartition(topic, p) for p in partitions])
+                self._owned = set(partitions)
+        except ck.KafkaException as exc:
+            self._consumer.close()
+            raise translate(exc, f"joining group {group!r} on {topic!r}") from exc
+
+    # librdkafka calls these from inside consume(): keep the assignment set and drop what was revoked.
+    def _on_assign(self, consumer: Any, partitions: list[Any]) -> None:
+        self._owned |= {tp.partition for tp in partitions}
+
+    def _on_revoke(self, consumer: Any, partitions: list[Any]) -> None:
+        gone = {tp.partition for tp in partitions}
+        self._owned -= gone
+        self._pending = [m for m in self._pending if m.partition() not in gone]
+
+    def _await_assignment(self) -> None:
+        """Serve the join so ``assignment`` is known on return; records fetched meanwhile are kept."""
+        deadline = time.monotonic() + JOIN_TIMEOUT
+        while not self._owned and time.monotonic() < deadline:
+            self._pending.extend(self._checked(self._consumer.consume(1000, 0.1)))
+
+    @property
+    def assignment(self) -> list[int]:
+        return sorted(self._owned)
+
+    def poll(self, max_records: int = 10_000, timeout: float = 1.0) -> pa.RecordBatch:
+        """Up to `max_records` records, returning as soon as some are there (or empty after `timeout`)."""
+        consume = self._consumer.consume
+        try:
+            msgs = self._pending[:max_records]
+            del self._pending[:max_records]
+            if len(msgs) < max_records:
+                msgs += self._checked(consume(max_records - len(msgs), 0))
+            if not msgs:
+                # consume(n, t) waits for all n records or t; wait for the first, then take what is there.
+                msgs = self._checked(consume(1, timeout))
+                if msgs and max_records > 1:
+                    msgs += self._checked(consume(max_records - 1, 0))
+        except self._ck.KafkaException as exc:
+            raise translate(exc, f"reading {self.topic!r}") from exc
+        msgs = [m for m in msgs if m.partition() in self._owned]
+        return _to_batch(msgs)
+
+    def _checked(self, msgs: Iterable[Any]) -> list[Any]:
+        out = []
+        for msg in msgs:
+            err = msg.error()
+            if err is None:
+                out.append(msg)
+            elif err.code() == self._ck.KafkaError._PARTITION_EOF:
+                continue
+            elif err.code() == self._ck.KafkaError._BAD_MSG:
+                raise CorruptDataError(
+                    f"stream topic {self.topic!r} partition {msg.partition()} offset {msg.offset()}: a stored record "
+                    f"failed its CRC check ({err.str()}); inspect the broker's log segment, then seek past it"
+                )
+            else:
+                raise translate(self._ck.KafkaException(err), f"reading {self.topic!r}")
+        return out
+
+    def commit(self, offsets: dict[int, int]) -> None:
+        """Store, synchronously and durably in the group coordinator, the next offset to read per partition."""
+        if not offsets:
+            return
+        tps = [self._ck.TopicPartition(self.topic, p, o) for p, o in offsets.items()]
+        try:
+            answer = self._consumer.commit(offsets=tps, asynchronous=False)
+        except self._ck.KafkaException as exc:
+            raise translate(exc, f"committing offsets of group {self.group!r}") from exc
+        failed = [tp for tp in answer or [] if tp.error is not None]
+        if failed:
+            raise BackendError(
+                f"committing offsets of group {self.group!r} failed for partitions "
+                f"{[tp.partition for tp in failed]} ({failed[0].error.str()}); poll again and retry the commit"
+            )
+
+    def seek(self, partition: int, offset: int) -> None:
+        if partition not in self._owned:
+            raise NotFoundError(f"partition {partition} of {self.topic!r} is not assigned to this member (it has {self.assignment})")
+        self._pending = [m for m in self._pending if m.partition() != partition]
+        tp = self._ck.TopicPartition(self.topic, partition, offset)
+        try:
+            self._consumer.seek(tp)
+        except self._ck.KafkaException as exc:
+            if exc.args[0].code() != self._ck.KafkaError._STATE:
+                raise translate(exc, f"seeking {self.topic!r}") from exc
+            # Not fetching yet (just assigned): restart the partition at the offset instead.
+            self._consumer.incremental_unassign([tp])
+            self._consumer.incremental_assign([tp])
+
+    def seek_time(self, timestamp_ms: int) -> None:
+        owned = self.assignment
+        query = [self._ck.TopicPartition(self.topic, p, timestamp_ms) for p in owned]
+        try:
+            found = self._consumer.offsets_for_times(query, timeout=30) if query else []
+            for tp in found:
+                offset = tp.offset
+                if offset < 0:  # no record at or after the time: go to the end
+                    offset = self._consumer.get_watermark_offsets(self._ck.TopicPartition(self.topic, tp.partition), timeout=30)[1]
+                self.seek(tp.partition, offset)
+        except self._ck.KafkaException as exc:
+            raise translate(exc, f"seeking {self.topic!r} to time {timestamp_ms}") from exc
+
+    def close(self) -> None:
+        """Leave the group (its partitions move to the other members at once)."""
+        if not self._closed:
+            self._closed = True
+            self._consumer.close()
+
+
+def _to_batch(msgs: list[Any]) -> pa.RecordBatch:
+    partitions, offsets, stamps, keys, values, headers = [], [], [], [], [], []
+    for m in msgs:
+        partitions.append(m.partition())
+        offsets.append(m.offset())
+        kind, stamp = m.timestamp()
+        stamps.append(stamp if stamp >= 0 else 0)
+        keys.append(m.key())
+        values.append(m.value())
+        headers.append(m.headers())
+    return pa.RecordBatch.from_arrays(
+        [
+            pa.array(partitions, pa.int32()),
+            pa.array(offsets, pa.int64()),
+            pa.array(stamps, pa.int64()).cast(TIMESTAMP_TYPE),
+            pa.array(keys, pa.binary()),
+            pa.array(values, pa.binary()),
+            pa.array(headers, HEADERS_TYPE),
+        ],
+        schema=RECORD_SCHEMA,
+    )

@@ -1,0 +1,370 @@
+"""The ``kafka://`` bus engine: keel streams as Kafka topics, through confluent-kafka (librdkafka).
+
+``kafka://host1:9092,host2:9092`` names the bootstrap brokers. One keel record is one Kafka
+message: the value bytes as given (JSON from the gateway, so any Kafka client reads it), the key
+bytes, the ``headers`` map as Kafka headers and the record timestamp as the message timestamp.
+
+Durability: the producer is idempotent with ``acks=all``; ``produce`` returns only after every
+message of the batch has its delivery report, and raises ``BackendError`` (acknowledging nothing)
+if any report is an error. How durable "all" is depends on the topic's replication factor and
+``min.insync.replicas``: with ``production=True`` keel warns (``KafkaDurabilityWarning``) about a
+topic that cannot keep an acknowledged event through the loss of a broker.
+
+Options of ``open_kafka_bus``:
+* ``topic_prefix``: prepended to every topic and consumer-group name (isolates tenants and tests);
+* ``production``: check durability settings and warn;
+* ``replication_factor``: for topics keel creates (default: the broker's ``default.replication.factor``);
+* ``delivery_timeout_ms``: how long the producer retries (through broker restarts) before ``produce`` fails;
+* ``config``: extra librdkafka settings (security, SASL, ...) for every client.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import warnings
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from keel.bus._kafka_consumer import KafkaConsumer, translate
+from keel.bus.base import PRODUCE_SCHEMA, PartitionInfo, Produced, StreamConfig, StreamInfo, dlq_name, partition_for
+from keel.engines import require
+from keel.errors import BackendError, ConfigError, ConflictError, NotFoundError, SchemaError
+
+log = logging.getLogger("keel.bus.kafka")
+
+_ADMIN_TIMEOUT = 30.0
+_INTERNAL = "__"
+
+
+class KafkaDurabilityWarning(UserWarning):
+    """A topic's replication settings cannot guarantee that an acknowledged event survives a broker loss."""
+
+
+def open_kafka_bus(url: str, **options: Any) -> KafkaBus:
+    """Open the Kafka engine for ``kafka://host:port[,host:port...]`` (see the module docstring for options)."""
+    require("confluent_kafka", "kafka", "kafka")
+    bootstrap = url.split("://", 1)[1].strip("/") if "://" in url else ""
+    if not bootstrap:
+        raise ConfigError(f"bus URL {url!r} names no broker: write it like 'kafka://broker-1:9092,broker-2:9092'")
+    return KafkaBus(bootstrap, **options)
+
+
+class KafkaBus:
+    """keel's Bus on a Kafka cluster (see ``keel.bus.base.Bus`` for the contract)."""
+
+    def __init__(
+        self,
+        bootstrap: str,
+        *,
+        topic_prefix: str = "",
+        production: bool = False,
+        replication_factor: int | None = None,
+        delivery_timeout_ms: int = 30_000,
+        config: Mapping[str, Any] | None = None,
+    ) -> None:
+        ck = require("confluent_kafka", "kafka", "kafka")
+        admin_mod = require("confluent_kafka.admin", "kafka", "kafka")
+        self._ck, self._admin_mod = ck, admin_mod
+        self.prefix = topic_prefix
+        self.production = production
+        self.replication_factor = replication_factor
+        self._common: dict[str, Any] = {"bootstrap.servers": bootstrap, "logger": log, **(config or {})}
+        self._admin = admin_mod.AdminClient(dict(self._common))
+        self._producer_config = {
+            **self._common,
+            "enable.idempotence": True,
+            "acks": "all",
+            "max.in.flight.requests.per.connection": 5,  # the most idempotence keeps ordered
+            "delivery.timeout.ms": delivery_timeout_ms,
+            "linger.ms": 5,
+            "queue.buffering.max.messages": 500_000,
+        }
+        self._producer: Any = None
+        self._produce_lock = threading.Lock()
+        self._partitions: dict[str, int] = {}
+        self._round_robin: dict[str, int] = {}
+        self._consumers: list[KafkaConsumer] = []
+
+    # -- names ---------------------------------------------------------------------------------
+
+    def topic(self, stream: str) -> str:
+        return self.prefix + stream
+
+    def _wait(self, futures: Mapping[Any, Any], what: str) -> dict[Any, Any]:
+        out = {}
+        for key, future in futures.items():
+            try:
+                out[key] = future.result(timeout=_ADMIN_TIMEOUT)
+            except self._ck.KafkaException as exc:
+                raise translate(exc, what) from exc
+            except TimeoutError as exc:
+                raise BackendError(f"{what}: Kafka did not answer in {_ADMIN_TIMEOUT:.0f}s; check the brokers in {self._common['bootstrap.servers']!r}") from exc
+        return out
+
+    # -- admin ---------------------------------------------------------------------------------
+
+    def create_stream(self, config: StreamConfig) -> None:
+        """Create the topic and its one-partition ``.dlq`` topic; idempotent for the same partition count."""
+        if config.partitions < 1:
+            raise ConfigError(f"stream {config.name!r}: partitions must be >= 1, got {config.partitions}")
+        self._create_topic(config.name, config.partitions, config)
+        self._create_topic(dlq_name(config.name), 1, config)
+        self._partitions[config.name] = config.partitions
+        if self.production:
+            self.check_durability(config.name)
+
+    def _create_topic(self, stream: str, partitions: int, config: StreamConfig) -> None:
+        topic_config = {
+            "retention.ms": str(config.retention_ms if config.retention_ms is not None else -1),
+            "retention.bytes": str(config.retention_bytes if config.retention_bytes is not None else -1),
+        }
+        rf = self.replication_factor if self.replication_factor is not None else -1
+        if self.replication_factor is not None and self.replication_factor >= 3:
+            topic_config["min.insync.replicas"] = "2"
+        new = self._admin_mod.NewTopic(self.topic(stream), num_partitions=partitions, replication_factor=rf, config=topic_config)
+        future = self._admin.create_topics([new], operation_timeout=_ADMIN_TIMEOUT)[self.topic(stream)]
+        try:
+            future.result(timeout=_ADMIN_TIMEOUT)
+        except self._ck.KafkaException as exc:
+            if exc.args[0].code() != self._ck.KafkaError.TOPIC_ALREADY_EXISTS:
+                raise translate(exc, f"creating stream {stream!r}") from exc
+            existing = self._partition_count(stream, refresh=True)
+            if existing != partitions:
+                raise ConflictError(
+                    f"stream {stream!r} exists with {existing} partitions, not {partitions}: keep the declared "
+                    f"partitions at {existing}, or delete the stream (losing its records) to change them"
+                ) from exc
+            return
+        self._await_metadata(stream, present=True)
+
+    def _await_metadata(self, stream: str, present: bool, timeout: float = _ADMIN_TIMEOUT) -> None:
+        """Kafka creates and deletes topics asynchronously; wait until metadata shows the change."""
+        topic = self.topic(stream)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            topics = self._admin.list_topics(timeout=_ADMIN_TIMEOUT).topics
+            meta = topics.get(topic)
+            if present and meta is not None and meta.error is None and meta.partitions and all(p.leader >= 0 for p in meta.partitions.values()):
+                return
+            if not present and meta is None:
+                return
+            time.sleep(0.05)
+        raise BackendError(f"topic {topic!r} did not {'appear' if present else 'disappear'} in {timeout:.0f}s; check the brokers' health")
+
+    def _partition_count(self, stream: str, refresh: bool = False) -> int:
+        if not refresh and stream in self._partitions:
+            return self._partitions[stream]
+        try:
+            meta = self._admin.list_topics(topic=self.topic(stream), timeout=_ADMIN_TIMEOUT).topics.get(self.topic(stream))
+        except self._ck.KafkaException as exc:
+            raise translate(exc, f"reading metadata of stream {stream!r}") from exc
+        if meta is None or meta.error is not None or not meta.partitions:
+            self._partitions.pop(stream, None)
+            raise NotFoundError(f"no stream {stream!r} (topic {self.topic(stream)!r}) on the bus: declare it and run `keel up`, or check its name")
+        self._partitions[stream] = len(meta.partitions)
+        return self._partitions[stream]
+
+    def describe(self, stream: str) -> StreamInfo:
+        count = self._partition_count(stream, refresh=True)
+        topic = self.topic(stream)
+        tps = [self._ck.TopicPartition(topic, p) for p in range(count)]
+        OffsetSpec = self._admin_mod.OffsetSpec
+        earliest = self._wait(self._admin.list_offsets({tp: OffsetSpec.earliest() for tp in tps}), f"reading offsets of {stream!r}")
+        latest = self._wait(self._admin.list_offsets({tp: OffsetSpec.latest() for tp in tps}), f"reading offsets of {stream!r}")
+        parts = [
+            PartitionInfo(tp.partition, int(earliest[tp].offset), int(latest[tp].offset))
+            for tp in sorted(earliest, key=lambda t: t.partition)
+        ]
+        resource = self._admin_mod.ConfigResource(self._admin_mod.ResourceType.TOPIC, topic)
+        entries = next(iter(self._wait(self._admin.describe_configs([resource]), f"reading config of {stream!r}").values()))
+        config = StreamConfig(
+            stream, count,
+            retention_ms=_limit(entries.get("retention.ms")),
+            retention_bytes=_limit(entries.get("retention.bytes")),
+        )
+        return StreamInfo(config, parts, self._committed(stream, count))
+
+    def _committed(self, stream: str, count: int) -> dict[str, dict[int, int]]:
+        listed = self._admin.list_consumer_groups().result(timeout=_ADMIN_TIMEOUT)
+        groups = [g.group_id for g in listed.valid if g.group_id.startswith(self.prefix)]
+        out: dict[str, dict[int, int]] = {}
+        topic = self.topic(stream)
+        for group in groups:
+            request = self._ck.ConsumerGroupTopicPartitions(group, [self._ck.TopicPartition(topic, p) for p in range(count)])
+            answer = self._wait(self._admin.list_consumer_group_offsets([request]), f"reading offsets of group {group!r}")
+            offsets = {tp.partition: int(tp.offset) for tp in answer[group].topic_partitions if tp.offset >= 0 and tp.error is None}
+            if offsets:
+                out[group[len(self.prefix):]] = offsets
+        return out
+
+    def list_streams(self) -> list[str]:
+        try:
+            topics = self._admin.list_topics(timeout=_ADMIN_TIMEOUT).topics
+        except self._ck.KafkaException as exc:
+            raise translate(exc, "listing streams") from exc
+        return sorted(t[len(self.prefix):] for t in topics if t.startswith(self.prefix) and not t.startswith(_INTERNAL))
+
+    def delete_stream(self, stream: str) -> None:
+        """Delete the stream's topic and its dead-letter topic (and every record in them)."""
+        self._partition_count(stream, refresh=True)
+        names = [self.topic(stream), self.topic(dlq_name(stream))]
+        existing = self._admin.list_topics(timeout=_ADMIN_TIMEOUT).topics
+        futures = self._admin.delete_topics([n for n in names if n in existing], operation_timeout=_ADMIN_TIMEOUT)
+        self._wait(futures, f"deleting stream {stream!r}")
+        for name in (stream, dlq_name(stream)):
+            self._partitions.pop(name, None)
+            self._await_metadata(name, present=False)
+
+    def check_durability(self, stream: str) -> list[str]:
+        """Warn (KafkaDurabilityWarning + log) about each setting of the topic that risks acknowledged events."""
+        topic = self.topic(stream)
+        described = self._wait(self._admin.describe_topics(self._ck.TopicCollection([topic])), f"describing {stream!r}")[topic]
+        rf = min(len(p.replicas) for p in described.partitions)
+        resource = self._admin_mod.ConfigResource(self._admin_mod.ResourceType.TOPIC, topic)
+        entries = next(iter(self._wait(self._admin.describe_configs([resource]), f"reading config of {stream!r}").values()))
+        min_isr = int(entries["min.insync.replicas"].value)
+        unclean = entries["unclean.leader.election.enable"].value == "true"
+        problems = []
+        if rf < 3:
+            problems.append(
+                f"topic {topic!r} has replication factor {rf}: one broker loss can lose acknowledged events. "
+                "Recreate it with replication factor 3 (keel option replication_factor=3) or reassign its partitions"
+            )
+        if min_isr < 2 or min_isr >= rf:
+            problems.append(
+                f"topic {topic!r} has min.insync.replicas={min_isr} with replication factor {rf}: acks=all "
+                + ("then waits for a single replica" if min_isr < 2 else "then refuses every write while one replica is down")
+                + f". Set it to 2 with replication factor 3: kafka-configs --alter --entity-type topics --entity-name {topic} --add-config min.insync.replicas=2"
+            )
+        if unclean:
+            problems.append(
+                f"topic {topic!r} allows unclean leader election, which discards acknowledged events. "
+                f"Turn it off: kafka-configs --alter --entity-type topics --entity-name {topic} --add-config unclean.leader.election.enable=false"
+            )
+        for problem in problems:
+            log.warning("durability: %s", problem)
+            warnings.warn(problem, KafkaDurabilityWarning, stacklevel=2)
+        return problems
+
+    # -- produce -------------------------------------------------------------------------------
+
+    def produce(self, stream: str, batch: pa.RecordBatch | pa.Table) -> Produced:
+        """Send every record and return once all are acknowledged by the in-sync replicas."""
+        batch = _as_produce_batch(batch)
+        count = self._partition_count(stream)
+        n = batch.num_rows
+        keys = batch.column("key") if "key" in batch.column_names else pa.nulls(n, pa.binary())
+        with self._produce_lock:
+            start = self._round_robin.get(stream, 0)
+            partitions = partition_for(keys, count, start)
+            self._round_robin[stream] = start + keys.null_count
+            if n == 0:
+                return Produced(partitions, np.empty(0, dtype=np.int64))
+            return Produced(partitions, self._send(self.topic(stream), batch, keys, partitions))
+
+    def _send(self, topic: str, batch: pa.Table, keys: pa.ChunkedArray | pa.Array, partitions: np.ndarray) -> np.ndarray:
+        if self._producer is None:
+            self._producer = self._ck.Producer(self._producer_config)
+        producer = self._producer
+        delivered_partitions: list[int] = []
+        delivered_offsets: list[int] = []
+        errors: list[Any] = []
+
+        def on_delivery(err: Any, msg: Any) -> None:
+            if err is not None:
+                errors.append(err)
+            else:
+                delivered_partitions.append(msg.partition())
+                delivered_offsets.append(msg.offset())
+
+        n = batch.num_rows
+        values = batch.column("value").to_pylist()
+        key_list = keys.to_pylist()
+        stamps = batch.column("timestamp").cast(pa.int64()).to_pylist() if "timestamp" in batch.column_names else [None] * n
+        headers = batch.column("headers").to_pylist() if "headers" in batch.column_names else [None] * n
+        send = producer.produce
+        try:
+            for value, key, partition, stamp, header in zip(values, key_list, partitions.tolist(), stamps, headers):
+                while True:
+                    try:
+                        send(topic, value, key, partition=partition, on_delivery=on_delivery, timestamp=stamp or 0, headers=header)
+                        break
+                    except BufferError:  # the local queue is full: let deliveries drain it
+                        producer.poll(0.05)
+            remaining = producer.flush()
+        except self._ck.KafkaException as exc:
+            self._reset_producer()
+            raise translate(exc, f"producing to {topic!r}") from exc
+        if errors or remaining or len(delivered_offsets) != n:
+            first = errors[0] if errors else None
+            if first is not None and first.fatal():
+                self._reset_producer()
+            raise BackendError(
+                f"producing to topic {topic!r}: {len(errors) or n - len(delivered_offsets)} of {n} records not acknowledged"
+                + (f" ({first.str()})" if first is not None else "")
+                + "; none of this batch counts as written: retry it (events carry ids, so a retry is safe to deduplicate)"
+            )
+        # With idempotence, records of one partition get offsets in the order they were produced.
+        offsets = np.empty(n, dtype=np.int64)
+        order = np.argsort(partitions, kind="stable")
+        got_p = np.asarray(delivered_partitions, dtype=np.int32)
+        got_o = np.asarray(delivered_offsets, dtype=np.int64)
+        offsets[order] = got_o[np.lexsort((got_o, got_p))]
+        return offsets
+
+    def _reset_producer(self) -> None:
+        """A fatal idempotence error poisons the producer: start a new one (new producer id) next time."""
+        self._producer = None
+
+    # -- consume -------------------------------------------------------------------------------
+
+    def consumer(self, stream: str, group: str, partitions: list[int] | None = None) -> KafkaConsumer:
+        count = self._partition_count(stream)
+        if partitions is not None:
+            bad = [p for p in partitions if not 0 <= p < count]
+            if bad:
+                raise NotFoundError(f"stream {stream!r} has partitions 0..{count - 1}; there is no partition {bad}")
+        consumer = KafkaConsumer(self._ck, self._common, self.topic(stream), self.prefix + group, partitions)
+        self._consumers.append(consumer)
+        return consumer
+
+    def close(self) -> None:
+        for consumer in self._consumers:
+            consumer.close()
+        self._consumers.clear()
+        if self._producer is not None:
+            self._producer.flush(10)
+            self._producer = None
+
+
+def _limit(entry: Any) -> int | None:
+    if entry is None or entry.value is None:
+        return None
+    value = int(entry.value)
+    return None if value < 0 else value
+
+
+def _as_produce_batch(batch: pa.RecordBatch | pa.Table) -> pa.Table:
+    """The batch as a Table of PRODUCE_SCHEMA's columns (cast), or SchemaError saying what is wrong."""
+    table = pa.Table.from_batches([batch]) if isinstance(batch, pa.RecordBatch) else batch
+    unknown = [c for c in table.column_names if c not in PRODUCE_SCHEMA.names]
+    if unknown or "value" not in table.column_names:
+        raise SchemaError(
+            f"a produced batch has columns {table.column_names}; it needs `value` (binary) and may have "
+            f"`key`, `timestamp`, `headers`" + (f", not {unknown}" if unknown else "")
+        )
+    columns = {}
+    for name in table.column_names:
+        target = PRODUCE_SCHEMA.field(name).type
+        try:
+            columns[name] = table.column(name).cast(target)
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
+            raise SchemaError(f"column {name!r} of type {table.column(name).type} cannot be read as {target}") from exc
+    if columns["value"].null_count:
+        raise SchemaError(f"{columns['value'].null_count} records have a null value; every record needs value bytes")
+    return pa.table(columns)
