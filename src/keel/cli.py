@@ -1,0 +1,197 @@
+"""The `keel` command: parse, call the library, print. No logic of its own.
+
+A user mistake (KeelError) is printed as one clear message with exit code 1, never a traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import signal
+import sys
+import threading
+from datetime import datetime, timezone
+from importlib import resources
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table as RichTable
+
+from keel.errors import KeelError, ProjectError
+
+app = typer.Typer(help="keel: the data platform of a data-driven product.", no_args_is_help=True,
+                  pretty_exceptions_enable=False, add_completion=False)
+experiments_app = typer.Typer(help="A/B experiments.", no_args_is_help=True)
+app.add_typer(experiments_app, name="experiments")
+out = Console()
+err = Console(stderr=True)
+
+ProjectOpt = Annotated[Path, typer.Option("--project", "-p", help="the project folder (holding keel.toml)")]
+ProfileOpt = Annotated[str | None, typer.Option("--profile", help="the keel.toml profile (default: local or KEEL_PROFILE)")]
+
+
+def _runtime(project: Path, profile: str | None) -> Any:
+    from keel.runtime import Runtime
+
+    return Runtime.open(project, profile)
+
+
+def print_rows(rows: list[dict[str, Any]], title: str | None = None) -> None:
+    if not rows:
+        out.print(f"[dim]no {title or 'rows'}[/dim]")
+        return
+    table = RichTable(title=title)
+    for col in rows[0]:
+        table.add_column(str(col))
+    for r in rows:
+        table.add_row(*["" if v is None else str(v) for v in r.values()])
+    out.print(table)
+
+
+@app.command()
+def init(directory: Annotated[Path, typer.Argument(help="folder to create")],
+         example: Annotated[str, typer.Option(help="the example to start from")] = "shop") -> None:
+    """Create a new keel project from an example."""
+    source = resources.files("keel") / "examples" / example
+    if not source.is_dir():
+        raise KeelError(f"no example {example!r}; examples: shop")
+    if directory.exists() and any(directory.iterdir()):
+        raise KeelError(f"{directory} exists and is not empty; pick a new folder")
+    shutil.copytree(str(source), directory, dirs_exist_ok=True, ignore=shutil.ignore_patterns("__pycache__", ".keel"))
+    out.print(f"created {directory}; next: [bold]keel check -p {directory}[/bold] and [bold]keel up -p {directory}[/bold]")
+
+
+@app.command()
+def check(project: ProjectOpt = Path("."), profile: ProfileOpt = None) -> None:
+    """Validate a project's declarations: each mistake once, with file and line."""
+    from keel.project import load_project
+
+    p = load_project(project, profile)
+    counts = {k: len(v) for k, v in p.catalog.items.items()}
+    out.print("[green]ok[/green]: " + ", ".join(f"{n} {k}s" for k, n in sorted(counts.items())))
+
+
+@app.command()
+def up(project: ProjectOpt = Path("."), profile: ProfileOpt = None,
+       port: Annotated[int | None, typer.Option(help="gateway port (default: from the profile, 8000)")] = None) -> None:
+    """Run the project's gateway, processors and scheduler until Ctrl-C or SIGTERM."""
+    from keel.platform import Platform
+
+    platform = Platform(_runtime(project, profile), port=port)
+    done = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: done.set())
+    signal.signal(signal.SIGINT, lambda *_: done.set())
+    platform.start()
+    out.print(f"keel is up: gateway on [bold]{platform.url}[/bold] (OpenAPI at {platform.url}/openapi.json)")
+    print_rows(platform.status(), "components")
+    while not done.wait(1.0):
+        if platform.errors:
+            break
+    out.print("stopping: the gateway first, then each processor after its batch in flight")
+    platform.stop()
+    if platform.errors:
+        raise KeelError("a component failed: " + "; ".join(platform.errors))
+    out.print("stopped cleanly")
+
+
+@app.command()
+def demo(directory: Annotated[Path | None, typer.Option("--dir", help="where to create the shop (default: a temp folder)")] = None,
+         users: Annotated[int, typer.Option(help="simulated users")] = 3000,
+         seed: Annotated[int, typer.Option(help="random seed of the simulation")] = 7,
+         aa: Annotated[bool, typer.Option("--aa", help="an A/A run: the treatment changes nothing")] = False) -> None:
+    """Create the shop, run it on embedded engines, simulate its users and print what the engines hold."""
+    from keel.demo import run_demo
+
+    summary = run_demo(directory, users=users, seed=seed, aa=aa, console=out)
+    if not summary.ok:
+        raise KeelError("the demo finished with problems: " + "; ".join(summary.problems))
+
+
+@app.command()
+def status(project: ProjectOpt = Path("."), profile: ProfileOpt = None) -> None:
+    """Streams and their lag per processor, tables, views, job runs and checks."""
+    from keel.monitor.status import project_status
+
+    for title, rows in project_status(_runtime(project, profile)).items():
+        print_rows(rows, title)
+
+
+@app.command()
+def sql(query: Annotated[str, typer.Argument(help="SQL over the lake's tables, by name")],
+        project: ProjectOpt = Path("."), profile: ProfileOpt = None,
+        format: Annotated[str, typer.Option(help="table, csv, json or parquet")] = "table",
+        output: Annotated[Path | None, typer.Option(help="file for --format parquet")] = None) -> None:
+    """Run SQL over the lake (DuckDB)."""
+    result = _runtime(project, profile).sql_session().query(query)
+    if format == "table":
+        print_rows(result.to_pylist()[:1000], "result")
+    elif format == "csv":
+        import pyarrow.csv as pacsv
+
+        pacsv.write_csv(result, sys.stdout.buffer)
+    elif format == "json":
+        sys.stdout.write(json.dumps(result.to_pylist(), default=str) + "\n")
+    elif format == "parquet":
+        if output is None:
+            raise KeelError("--format parquet needs --output FILE")
+        import pyarrow.parquet as pq
+
+        pq.write_table(result, output)
+    else:
+        raise KeelError(f"unknown format {format!r}: use table, csv, json or parquet")
+
+
+@app.command()
+def tables(project: ProjectOpt = Path("."), profile: ProfileOpt = None) -> None:
+    """The lake's tables: rows, size, files, last commit."""
+    from keel.lake.sql import tables_summary
+
+    print_rows(tables_summary(_runtime(project, profile).lake), "tables")
+
+
+@app.command()
+def run(job: Annotated[str, typer.Argument(help="the job to run")], project: ProjectOpt = Path("."),
+        profile: ProfileOpt = None,
+        date: Annotated[str | None, typer.Option(help="logical date, ISO 8601 (default: now)")] = None) -> None:
+    """Run one job now, through the scheduler (recorded in its run history)."""
+    from keel.jobs.embedded import EmbeddedScheduler
+    from keel.jobs.run import scheduler_tasks
+
+    rt = _runtime(project, profile)
+    when = datetime.fromisoformat(date).astimezone(timezone.utc) if date else None
+    with EmbeddedScheduler(rt.state_dir / "scheduler.db", scheduler_tasks(rt)) as scheduler:
+        result = scheduler.trigger(job, when)
+    print_rows([{"job": result.task, "state": result.state, "attempts": result.attempts, "error": result.error}])
+    if result.state != "success":
+        raise typer.Exit(1)
+
+
+@experiments_app.command("report")
+def experiments_report(name: Annotated[str, typer.Argument(help="the experiment")], project: ProjectOpt = Path("."),
+                       profile: ProfileOpt = None) -> None:
+    """Analyse an experiment from the lake: lift, confidence interval, p-value, sample-ratio check."""
+    from keel.experiments.report import experiment_report
+
+    for metric, result in experiment_report(_runtime(project, profile), name).items():
+        out.print(f"[bold]{name} / {metric}[/bold]")
+        for line in result.summary_lines():
+            out.print("  " + line)
+
+
+def main() -> None:
+    try:
+        app()
+    except ProjectError as exc:
+        err.print(f"[red]the project has {len(exc.problems)} problem(s):[/red]")
+        for p in exc.problems:
+            err.print(f"  {p}", markup=False, highlight=False)
+        sys.exit(1)
+    except KeelError as exc:
+        err.print(f"[red]error:[/red] {exc}", highlight=False)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

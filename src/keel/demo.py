@@ -1,0 +1,192 @@
+"""`keel demo`: the shop end to end on embedded engines, with simulated users.
+
+The simulator only talks HTTP to the gateway, like a real front end. Its users each prefer one
+category of items; they buy more when shown items of that category. Personal recommendations
+(similar to what the user viewed) show such items more often than trending ones, so the
+treatment is genuinely better — unless `aa` is set, when the buying ignores what is shown.
+Every figure of the summary is read back from the engines (bus, lake, views, scheduler), never
+from the simulator's own counters.
+"""
+
+from __future__ import annotations
+
+import random
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import httpx
+from rich.console import Console
+from rich.progress import Progress
+
+from keel.platform import Platform, free_port
+from keel.runtime import Runtime
+
+CATEGORIES = 10
+ITEMS_PER_CATEGORY = 40
+
+
+@dataclass
+class Summary:
+    acknowledged: dict[str, int]
+    tables: dict[str, int]
+    views: dict[str, int]
+    jobs: list[dict[str, Any]]
+    experiment: dict[str, Any]
+    checks: list[dict[str, Any]]
+    rejected_requests: int
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+def item_category(item: str) -> int:
+    return int(item.split("-")[1]) // ITEMS_PER_CATEGORY
+
+
+def _items_in(category: int) -> list[str]:
+    return [f"item-{category * ITEMS_PER_CATEGORY + i:04d}" for i in range(ITEMS_PER_CATEGORY)]
+
+
+class Simulator:
+    def __init__(self, client: httpx.Client, users: int, seed: int, aa: bool) -> None:
+        self.client = client
+        self.rng = random.Random(seed)
+        self.users = [f"user-{i:05d}" for i in range(users)]
+        self.likes = {u: self.rng.randrange(CATEGORIES) for u in self.users}
+        self.aa = aa
+
+    def post(self, stream: str, events: list[dict[str, Any]]) -> None:
+        r = self.client.post(f"/v1/streams/{stream}/events", json=events)
+        if r.status_code != 202:
+            raise RuntimeError(f"ingest into {stream} answered {r.status_code}: {r.text[:300]}")
+
+    def browse(self, progress: Progress, hours: float = 2.0) -> None:
+        """Page views spread over the last `hours`, most in each user's liked category."""
+        task = progress.add_task("users browsing", total=len(self.users))
+        now = datetime.now(timezone.utc)
+        pending: list[dict[str, Any]] = []
+        for u in self.users:
+            start = now - timedelta(hours=hours) + timedelta(seconds=self.rng.uniform(0, hours * 3600 - 900))
+            for k in range(self.rng.randint(6, 14)):
+                cat = self.likes[u] if self.rng.random() < 0.8 else self.rng.randrange(CATEGORIES)
+                item = self.rng.choice(_items_in(cat))
+                ts = start + timedelta(seconds=20 * k)
+                pending.append({"user_id": u, "item_id": item, "ts": ts.isoformat()})
+            if len(pending) >= 1000:
+                self.post("page_views", pending)
+                pending = []
+            progress.advance(task)
+        if pending:
+            self.post("page_views", pending)
+
+    def shop(self, progress: Progress) -> None:
+        """Each user asks for recommendations, and may buy one of them."""
+        task = progress.add_task("users shopping", total=len(self.users))
+        purchases: list[dict[str, Any]] = []
+        for u in self.users:
+            r = self.client.get(f"/recommend/{u}")
+            r.raise_for_status()
+            items = r.json()["items"]
+            liked = [i for i in items if item_category(i) == self.likes[u]]
+            share = len(liked) / len(items) if items else 0.0
+            p = 0.10 if self.aa else 0.05 + 0.15 * share
+            if self.rng.random() < p:
+                item = self.rng.choice(liked or items or _items_in(self.likes[u]))
+                purchases.append({"user_id": u, "item_id": item, "price": round(self.rng.uniform(5, 80), 2)})
+            if len(purchases) >= 200:
+                self.post("purchases", purchases)
+                purchases = []
+            progress.advance(task)
+        if purchases:
+            self.post("purchases", purchases)
+
+    def refused_request(self) -> None:
+        """A client bug: one request with bad fields. It must be refused whole, with each field named."""
+        bad = [{"user_id": "user-00000", "item_id": "item-0001"}, {"user_id": 42, "price": "cheap"}]
+        r = self.client.post("/v1/streams/purchases/events", json=bad)
+        if r.status_code != 400:
+            raise RuntimeError(f"an invalid request was answered {r.status_code}, not 400")
+
+
+def _copy_shop(directory: Path | None) -> Path:
+    target = Path(tempfile.mkdtemp(prefix="keel-demo-")) / "shop" if directory is None else directory
+    source = resources.files("keel") / "examples" / "shop"
+    shutil.copytree(str(source), target, dirs_exist_ok=True, ignore=shutil.ignore_patterns("__pycache__", ".keel"))
+    return target
+
+
+def run_demo(directory: Path | None = None, users: int = 3000, seed: int = 7, aa: bool = False,
+             console: Console | None = None) -> Summary:
+    console = console or Console()
+    root = _copy_shop(directory)
+    t0 = time.monotonic()
+    console.print(f"[bold]keel demo[/bold]: the shop in {root}, on embedded engines")
+    rt = Runtime.open(root)
+    platform = Platform(rt, port=free_port(), scheduler=False)
+    platform.start()
+    try:
+        with httpx.Client(base_url=platform.url, timeout=30) as client, Progress(console=console) as progress:
+            sim = Simulator(client, users, seed, aa)
+            sim.browse(progress)
+            sim.refused_request()
+            platform.wait_idle(120)
+            for job in ("compute_co_views", "compute_similar_items"):
+                platform.scheduler.trigger(job)
+            sim.shop(progress)
+            metrics_text = client.get("/metrics").text
+        if not platform.wait_idle(120):
+            console.print("[yellow]processors did not catch up within 120 s[/yellow]")
+        summary = read_summary(rt, platform, metrics_text)
+    finally:
+        platform.stop()
+    print_summary(summary, console, time.monotonic() - t0)
+    return summary
+
+
+def read_summary(rt: Runtime, platform: Platform, metrics_text: str) -> Summary:
+    from keel.experiments.report import experiment_report
+    from keel.monitor.checks import run_checks
+
+    acknowledged = {s: sum(p.end_offset for p in rt.bus.describe(s).partitions) for s in rt.catalog.streams}
+    tables = {t: rt.lake.describe(t).rows for t in sorted(rt.lake.list_tables())}
+    views = {v: rt.views.count(v) for v in rt.catalog.views}
+    jobs = [{"job": r.task, "state": r.state, "attempts": r.attempts} for r in platform.scheduler.runs()]
+    exp = {m: r for m, r in experiment_report(rt, "recs_v2").items()}
+    rejected = sum(int(float(line.rsplit(" ", 1)[1])) for line in metrics_text.splitlines()
+                   if line.startswith("keel_events_rejected_total"))
+    summary = Summary(acknowledged, tables, views, jobs, exp, run_checks(rt), rejected)
+    for stream, table in (("page_views", "page_views"), ("purchases", "purchases"), ("exposures", "exposures")):
+        if tables.get(table, 0) != acknowledged.get(stream, -1):
+            summary.problems.append(f"{table}: {tables.get(table, 0)} rows in the lake but {acknowledged.get(stream)} "
+                                    "events acknowledged")
+    summary.problems += [f"{c['check']}: {c['detail']}" for c in summary.checks if not c["ok"]]
+    summary.problems += platform.errors
+    if any(j["state"] != "success" for j in jobs):
+        summary.problems.append("a job run failed")
+    return summary
+
+
+def print_summary(s: Summary, console: Console, seconds: float) -> None:
+    from keel.cli import print_rows
+
+    console.rule("[bold]summary[/bold] (read back from the engines)")
+    print_rows([{"stream": k, "events acknowledged": v} for k, v in s.acknowledged.items()], "bus")
+    console.print(f"requests refused as invalid (nothing written): {s.rejected_requests}")
+    print_rows([{"table": k, "rows": v} for k, v in s.tables.items()], "lake")
+    print_rows([{"view": k, "keys": v} for k, v in s.views.items()], "views")
+    print_rows(s.jobs, "job runs")
+    print_rows(s.checks, "checks")
+    for metric, result in s.experiment.items():
+        console.print(f"[bold]experiment recs_v2 / {metric}[/bold]")
+        for line in result.summary_lines():
+            console.print("  " + line, highlight=False)
+    state = "[green]ok[/green]" if s.ok else "[red]problems:[/red] " + "; ".join(s.problems)
+    console.print(f"demo finished in {seconds:.0f} s: {state}")
