@@ -223,7 +223,7 @@ def aggregate(source: Stream, *, by: str, window: Window, into: list[Table | Vie
               description: str = "") -> Callable[[Callable[..., Any]], Aggregation]:
     """Declare a windowed aggregation. The function receives an `Agg` builder and returns
     a dict of output column -> measure, e.g. ``{"views": w.count()}``."""
-    from keel.stream.measures import Agg
+    from keel.streaming.measures import Agg
 
     targets = tuple(into) if isinstance(into, list) else (into,)
 

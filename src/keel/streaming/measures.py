@@ -39,7 +39,7 @@ class Measure:
             return [getattr(pl.col(name), self.op)().alias(name)]
         if self.op == "mean":
             return [pl.col(f"{name}__sum").sum(), pl.col(f"{name}__n").sum()]
-        return [pl.col(f"{name}__set").flatten().unique().implode().alias(f"{name}__set")]
+        return [pl.col(f"{name}__set").explode().unique().implode().alias(f"{name}__set")]
 
     def final(self, name: str) -> pl.Expr:
         if self.op == "mean":

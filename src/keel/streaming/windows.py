@@ -18,7 +18,7 @@ import polars as pl
 
 from keel.declare import Aggregation
 from keel.schema import EVENT_TIME
-from keel.stream.measures import Measure
+from keel.streaming.measures import Measure
 
 WSTART, WEND = "window_start", "window_end"
 

@@ -27,9 +27,9 @@ import pyarrow as pa
 from keel.bus import dlq_name
 from keel.declare import Aggregation, Processor, Table, View
 from keel.errors import KeelError
-from keel.stream.checkpoint import load_checkpoint, save_checkpoint
-from keel.stream.decode import to_events
-from keel.stream.windows import WEND, WindowState
+from keel.streaming.checkpoint import load_checkpoint, save_checkpoint
+from keel.streaming.decode import to_events
+from keel.streaming.windows import WEND, WindowState
 
 log = logging.getLogger("keel.stream")
 FINAL_VERSION_BONUS = 999  # a closed window's view value outranks every running value of it

@@ -1,0 +1,57 @@
+"""Ingest parsing: every bad field is named, and a request with one bad event is refused whole."""
+
+from __future__ import annotations
+
+import pyarrow as pa
+import pytest
+
+import keel
+from keel.errors import ValidationError
+from keel.serve.ingest import parse_events, to_batch
+from keel.streaming.decode import to_events
+
+
+class Purchase(keel.Event):
+    user_id: str
+    item_id: str
+    price: float
+
+
+def test_object_array_and_ndjson_are_accepted() -> None:
+    one = parse_events(Purchase, b'{"user_id":"u","item_id":"i","price":1.5}', ndjson=False)
+    many = parse_events(Purchase, b'[{"user_id":"u","item_id":"i","price":1},{"user_id":"v","item_id":"j","price":2}]',
+                        ndjson=False)
+    lines = parse_events(Purchase, b'{"user_id":"u","item_id":"i","price":1}\n\n{"user_id":"v","item_id":"j","price":2}\n',
+                         ndjson=True)
+    assert [e.user_id for e in one] == ["u"]
+    assert [e.price for e in many] == [1.0, 2.0]
+    assert [e.user_id for e in lines] == ["u", "v"]
+
+
+def test_each_bad_field_of_each_event_is_named() -> None:
+    body = b'[{"user_id":"u","item_id":"i","price":1},{"user_id":7,"price":"x","colour":"red"}]'
+    with pytest.raises(ValidationError) as info:
+        parse_events(Purchase, body, ndjson=False)
+    found = {(e["index"], e["field"]) for e in info.value.errors}
+    assert found == {(1, "user_id"), (1, "price"), (1, "item_id"), (1, "colour")}
+
+
+def test_body_that_is_not_json() -> None:
+    with pytest.raises(ValidationError) as info:
+        parse_events(Purchase, b"{nope", ndjson=False)
+    assert "not valid JSON" in str(info.value.errors[0]["error"])
+
+
+def test_batch_round_trips_into_lake_rows() -> None:
+    events = parse_events(Purchase, b'[{"user_id":"u","item_id":"i","price":2.5,"ts":"2024-05-01T10:00:00Z"},'
+                                    b'{"user_id":"v","item_id":"j","price":3}]', ndjson=False)
+    batch, ids = to_batch(events, "user_id", 1)
+    assert batch.column("key").to_pylist() == [b"u", b"v"]
+    records = pa.record_batch({
+        "partition": pa.array([0, 0], pa.int32()), "offset": pa.array([0, 1], pa.int64()),
+        "timestamp": batch.column("timestamp"), "key": batch.column("key"), "value": batch.column("value"),
+        "headers": batch.column("headers")})
+    rows = to_events(records, Purchase)
+    assert rows.get_column("event_id").to_list() == ids
+    assert rows.get_column("price").to_list() == [2.5, 3.0]
+    assert str(rows.get_column("event_date")[0]) == "2024-05-01"
