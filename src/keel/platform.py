@@ -21,7 +21,7 @@ from keel.jobs.embedded import EmbeddedScheduler
 from keel.jobs.run import scheduler_tasks
 from keel.runtime import Runtime
 from keel.serve.app import build_app
-from keel.stream.runner import Runner
+from keel.streaming.runner import Runner
 
 log = logging.getLogger("keel.platform")
 
