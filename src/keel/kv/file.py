@@ -26,6 +26,7 @@ import threading
 import time
 import weakref
 from collections.abc import Callable, Iterator, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -134,7 +135,7 @@ class FileKeyValue:
         after: bytes | None = None
         while remaining > 0:
             page_size = int(min(_PAGE, remaining))
-            rows = self._run(lambda db: _scan_page(db, low, high, after, page_size))
+            rows = self._run(partial(_scan_page, low=low, high=high, after=after, size=page_size))
             for key, value in rows:
                 yield key.decode(), value
             remaining -= len(rows)

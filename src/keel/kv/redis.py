@@ -17,6 +17,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from functools import partial
 from typing import Any, TypeVar
 
 from keel.engines import require
@@ -118,13 +119,15 @@ class RedisKeyValue:
         may not appear; keys present throughout always do.
         """
         remaining = math.inf if limit is None else limit
+        if remaining <= 0:
+            return
         seen: set[bytes] = set()
         for keys in self._key_pages(prefix):
             fresh = [k for k in keys if k not in seen]
             if not fresh:
                 continue
             seen.update(fresh)
-            values = self._call(lambda: self._client.mget(fresh))
+            values = self._call(partial(self._client.mget, fresh))
             for key, raw in zip(fresh, values):
                 value = _unpack(raw)
                 if value is None:
@@ -202,7 +205,7 @@ class RedisKeyValue:
         pattern = _glob_escape(prefix) + "*"
         cursor: int = 0
         while True:
-            cursor, keys = self._call(lambda: self._client.scan(cursor=cursor, match=pattern, count=_SCAN_COUNT))
+            cursor, keys = self._call(partial(self._client.scan, cursor=cursor, match=pattern, count=_SCAN_COUNT))
             if keys:
                 yield list(keys)
             if int(cursor) == 0:
@@ -237,7 +240,10 @@ def _unpack(raw: bytes | None) -> bytes | None:
         return raw[1:]
     if raw[:1] == _VERSIONED:
         return raw[9:]
-    raise BackendError(f"kv value of {len(raw)} bytes was not written by keel (unknown tag {raw[:1]!r}); keep other clients out of keel's Redis database")
+    raise BackendError(
+        f"kv value of {len(raw)} bytes was not written by keel (unknown tag {raw[:1]!r}); "
+        "keep other clients out of the Redis database keel's `kv` URL names"
+    )
 
 
 def _pack_version(version: int) -> bytes:
