@@ -7,7 +7,8 @@ expiry purging, which LMDB would need a second index for. Both sides fsync each 
 
     python benchmarks/bench_kv_embedded.py [--keys 50000] [--batch 1000]
 
-Prints operations per second for get / get_many / put_many / upsert_many and keel/LMDB ratios.
+With ``--redis URL`` it also measures keel's Redis engine (the production engine) for scale;
+it writes into that database. Prints operations per second for get / get_many / put_many / upsert_many and keel/LMDB ratios.
 """
 
 from __future__ import annotations
@@ -147,6 +148,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--keys", type=int, default=50_000)
     parser.add_argument("--batch", type=int, default=1000)
+    parser.add_argument("--redis", metavar="URL", help="also measure keel's redis:// engine, for scale (e.g. redis://127.0.0.1:6379/15)")
     args = parser.parse_args()
     keys = [f"trending/item-{i:08d}" for i in range(args.keys)]
     value = b"x" * 64
@@ -158,6 +160,8 @@ def main() -> None:
             "keel file:// (sync NORMAL)", open_kv(f"file://{root}/normal.db", synchronous="NORMAL"), keys, args.batch, value
         )
         lmdb_sync = measure("LMDB (sync)", LmdbKv(root / "sync.lmdb"), keys, args.batch, value)
+        if args.redis:
+            measure("keel redis:// (loopback)", open_kv(args.redis), keys, args.batch, value)
         print("-- one process reads while another writes the same file --")
         keel_load = under_load("keel file:// (sync FULL)", "keel:FULL", root / "full.db", keys, args.batch)
         lmdb_load = under_load("LMDB (sync)", "lmdb", root / "sync.lmdb", keys, args.batch)
