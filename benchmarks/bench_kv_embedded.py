@@ -5,7 +5,8 @@ header carrying expiry and version, read-compare-write inside one write transact
 expiry purging, which LMDB would need a second index for. Both sides fsync each batch commit
 (SQLite synchronous=FULL, LMDB sync=True); SQLite synchronous=NORMAL is shown too.
 
-    python benchmarks/bench_kv_embedded.py [--keys 50000] [--batch 1000]
+    pip install lmdb   # the peer; keel itself does not depend on it
+    python benchmarks/bench_kv_embedded.py [--keys 50000] [--batch 1000] [--redis URL]
 
 With ``--redis URL`` it also measures keel's Redis engine (the production engine) for scale;
 it writes into that database. Prints operations per second for get / get_many / put_many / upsert_many and keel/LMDB ratios.

@@ -21,7 +21,8 @@ PAST_TTL = 0.5
 def kv_url(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> str:
     if request.param == "file":
         return f"file://{tmp_path_factory.mktemp('kv')}/kv.db"
-    url: str = request.getfixturevalue("redis_url")
+    # A database of its own, emptied per test: other suites share the session's server.
+    url = request.getfixturevalue("redis_url").rsplit("/", 1)[0] + "/9"
     import redis
 
     client = redis.Redis.from_url(url)

@@ -90,8 +90,10 @@ def test_each_thread_gets_its_own_connection_and_close_closes_all(kv: FileKeyVal
     assert seen == [b"v"] * 3
     assert len(kv._connections) == 4
     kv.close()
-    with pytest.raises(BackendError, match="closed"):
+    with pytest.raises(BackendError, match="is closed: open it again"):
         kv.get("k")
+    with pytest.raises(BackendError, match="is closed: open it again"):
+        kv.put_many([("k", b"v")])
 
 
 def test_a_forked_child_opens_its_own_connection(kv: FileKeyValue) -> None:

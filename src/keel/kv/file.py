@@ -73,6 +73,11 @@ def open_file_kv(
     loss; ``"NORMAL"`` survives a killed process but may lose the last batches on power loss.
     ``busy_timeout`` is how long a writer waits for another process's transaction.
     """
+    if sqlite3.sqlite_version_info < (3, 35):  # UPSERT ... WHERE and DELETE ... RETURNING
+        raise ConfigError(
+            f"the file:// kv engine needs SQLite >= 3.35, this Python links {sqlite3.sqlite_version}: "
+            "use a Python build with a newer SQLite (e.g. python.org or pyenv builds)"
+        )
     if synchronous.upper() not in ("FULL", "NORMAL", "EXTRA"):
         raise ConfigError(f"kv option synchronous={synchronous!r}: use 'FULL' (default), 'EXTRA' or 'NORMAL'")
     return FileKeyValue(file_path(url), synchronous.upper(), busy_timeout, purge_interval, purge_batch, int(mmap_size))
@@ -118,11 +123,18 @@ class FileKeyValue:
         def read(db: sqlite3.Connection) -> dict[bytes, bytes]:
             found: dict[bytes, bytes] = {}
             now = time.time()
-            for start in range(0, len(encoded), _CHUNK):
-                chunk = encoded[start : start + _CHUNK]
-                marks = ",".join("?" * len(chunk))
-                rows = db.execute(f"SELECT key, value FROM kv WHERE key IN ({marks}) AND {_LIVE}", (*chunk, now))
-                found.update((bytes(k), bytes(v)) for k, v in rows)
+            snapshot = len(encoded) > _CHUNK  # several statements: read them from one snapshot
+            if snapshot:
+                db.execute("BEGIN")
+            try:
+                for start in range(0, len(encoded), _CHUNK):
+                    chunk = encoded[start : start + _CHUNK]
+                    marks = ",".join("?" * len(chunk))
+                    rows = db.execute(f"SELECT key, value FROM kv WHERE key IN ({marks}) AND {_LIVE}", (*chunk, now))
+                    found.update((bytes(k), bytes(v)) for k, v in rows)
+            finally:
+                if snapshot and db.in_transaction:
+                    db.execute("COMMIT")
             return found
 
         found = self._run(read)
@@ -218,6 +230,8 @@ class FileKeyValue:
     # -- plumbing ----------------------------------------------------------------------------
 
     def _connection(self) -> sqlite3.Connection:
+        if self._closed:
+            raise BackendError(f"kv file {self.path} is closed: open it again with keel.kv.open_kv")
         db: sqlite3.Connection | None = getattr(self._local, "db", None)
         if db is not None:
             return db
