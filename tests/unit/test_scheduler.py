@@ -119,17 +119,8 @@ def test_other_config_mistakes_are_refused_before_anything_changes(tmp_path: Pat
         sched.sync([Task("a", "0 * * * *", rec.body("a"), upstream=("ghost",))])
     with pytest.raises(ConfigError, match="two tasks are named 'a'"):
         sched.sync([Task("a", None, rec.body("a")), Task("a", None, rec.body("a"))])
-    # A scheduled task whose upstream never fires at its times could never run: say so up front.
-    with pytest.raises(ConfigError, match="'late'.*fires at 2024-01-01 03:30 UTC.*'hourly'"):
-        sched.sync(
-            [
-                Task("hourly", "0 * * * *", rec.body("h")),
-                Task("late", "30 3 * * *", rec.body("l"), upstream=("hourly",)),
-            ]
-        )
-    with pytest.raises(ConfigError, match="upstream 'manual' has no schedule"):
-        sched.sync([Task("manual", None, rec.body("m")), Task("daily", "@daily", rec.body("d"), upstream=("manual",))])
-    # An hourly upstream of a daily task fires at each of its times: accepted.
+    with pytest.raises(ConfigError, match="'a': retries and retry_delay must be >= 0"):
+        sched.sync([Task("a", None, rec.body("a"), retries=-1)])
     sched.sync(
         [Task("hourly", "0 * * * *", rec.body("h")), Task("daily", "0 3 * * *", rec.body("d"), upstream=("hourly",))]
     )
@@ -214,6 +205,72 @@ def test_a_manual_success_for_the_date_satisfies_the_downstream(tmp_path: Path, 
     assert sched.trigger("extract", at(3)).state == "success"  # the operator fixes and re-runs
     assert sched.trigger("report", at(3)).state == "success"
     assert sched.last_success("report") is not None
+
+
+def test_a_staggered_downstream_waits_for_its_upstreams_latest_run(tmp_path: Path, rec: Recorder) -> None:
+    fail = {"on": False}
+
+    def co_views(logical_date: datetime) -> None:
+        rec.calls.append(("co_views", logical_date))
+        if fail["on"]:
+            raise OSError("lake unreachable")
+
+    tasks = [
+        Task("co_views", "0 3 * * *", co_views, retries=0),
+        Task("similar_items", "30 3 * * *", rec.body("similar_items"), upstream=("co_views",)),
+    ]
+    sched = open_scheduler(tmp_path / "s.db", tasks)
+    sched.tick(at(2))
+    assert [r.task for r in sched.tick(at(3))] == ["co_views"]
+    [run] = sched.tick(at(3, 30))  # its upstream's logical date is 03:00 of the same day
+    assert (run.task, run.logical_date, run.state) == ("similar_items", at(3, 30), "success")
+    fail["on"] = True
+    assert [r.state for r in sched.tick(at(27))] == ["failed"]
+    [blocked] = sched.tick(at(27, 30))
+    assert blocked.state == "upstream_failed"
+    assert blocked.error == "upstream 'co_views' failed for 2024-03-02T03:00:00.000000+00:00"
+    # Downtime across both fire times: the upstream's 03:00 runs first, then the 03:30 downstream.
+    fail["on"] = False
+    assert [(r.task, r.logical_date, r.state) for r in sched.tick(at(52))] == [
+        ("co_views", at(51), "success"),
+        ("similar_items", at(51, 30), "success"),
+    ]
+
+
+def test_a_downstream_first_seen_after_its_upstreams_time_reports_the_missing_run(
+    tmp_path: Path, rec: Recorder
+) -> None:
+    tasks = [
+        Task("co_views", "0 3 * * *", rec.body("co_views")),
+        Task("similar_items", "30 3 * * *", rec.body("similar_items"), upstream=("co_views",)),
+    ]
+    sched = open_scheduler(tmp_path / "s.db", tasks)
+    sched.tick(at(3, 10))  # started after 03:00: co_views has no run for today
+    [run] = sched.tick(at(3, 30))
+    assert run.state == "upstream_failed" and run.error is not None
+    assert "'co_views' has no run for 2024-03-01T03:00" in run.error
+
+
+def test_an_unscheduled_upstream_must_have_succeeded_last(tmp_path: Path, rec: Recorder) -> None:
+    outcome = {"fail": False}
+
+    def load(_: datetime) -> None:
+        if outcome["fail"]:
+            raise ValueError("bad file")
+
+    tasks = [Task("load", None, load, retries=0), Task("report", "0 6 * * *", rec.body("report"), upstream=("load",))]
+    sched = open_scheduler(tmp_path / "s.db", tasks)
+    sched.tick(at(0))
+    [first] = sched.tick(at(6))
+    assert first.state == "upstream_failed" and "'load' has no run for a date at or before" in (first.error or "")
+    sched.trigger("load", at(8))
+    assert [r.state for r in sched.tick(at(30))] == ["success"]
+    outcome["fail"] = True
+    sched.trigger("load", at(40))
+    [last] = sched.tick(at(54))
+    assert (
+        last.state == "upstream_failed" and last.error == "upstream 'load' failed for 2024-03-02T16:00:00.000000+00:00"
+    )
 
 
 # -- failures and retries --------------------------------------------------------------------------

@@ -11,10 +11,13 @@ Contract:
 * A task succeeds when ``run`` returns; anything it raises is a failure recorded on the run as
   ``"<ExceptionType>: <message>"`` and never escapes the scheduler. After a failure it is retried
   ``retries`` more times, waiting ``retry_delay`` seconds, doubled after each attempt.
-* Upstream: a task runs for logical date D only once each of its upstream tasks has a successful
-  run for the same D; otherwise the run is recorded as ``upstream_failed`` with an error naming the
-  upstream, and ``run`` is not called. Only ``tick`` checks upstream: ``trigger`` and ``backfill``
-  run exactly the task named (a manual run is an explicit override).
+* Upstream: a task runs for logical date D only once each upstream task has succeeded for *its*
+  logical date at D — the latest fire time of the upstream's schedule at or before D, which is D
+  itself when both share a schedule (a ``"30 3 * * *"`` task waits for its ``"0 3 * * *"`` upstream's
+  03:00 run of the same day). For an unscheduled upstream, its latest run for a date at or before
+  D must have succeeded. Otherwise the run is recorded as ``upstream_failed`` with an error naming
+  the upstream and the date, and ``run`` is not called. Only ``tick`` checks upstream: ``trigger``
+  and ``backfill`` run exactly the task named (a manual run is an explicit override).
 * ``runs`` lists newest first and reflects every run started by any process sharing the state.
 """
 
@@ -23,18 +26,16 @@ from __future__ import annotations
 import graphlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Literal, Protocol, runtime_checkable
 
-from croniter import CroniterBadDateError, croniter  # type: ignore[import-untyped]
+from croniter import CroniterBadDateError, croniter
 
 from keel.errors import ConfigError
 
 RunState = Literal["queued", "running", "success", "failed", "upstream_failed"]
 FINISHED_STATES: frozenset[str] = frozenset({"success", "failed", "upstream_failed"})
 CRON_PRESETS = ("@yearly", "@annually", "@monthly", "@weekly", "@daily", "@midnight", "@hourly")
-# How many fire times of a task are compared with its upstream's schedule by `validate_tasks`.
-_ALIGNMENT_SAMPLES = 60
 _EPOCH = datetime(2024, 1, 1, tzinfo=UTC)
 
 
@@ -79,16 +80,16 @@ class Scheduler(Protocol):
         """Replace the set of known tasks with `tasks`, after validating all of them.
 
         Raises ``ConfigError`` — and changes nothing — for a duplicate name, a bad cron
-        expression, an unknown upstream task, a dependency cycle (the message names the cycle),
-        or a scheduled task whose upstream is not scheduled at every time it is.
+        expression, an unknown upstream task or a dependency cycle (the message names the cycle).
         """
         ...
 
     def tick(self, now: datetime) -> list[Run]:
         """Run every task whose schedule fired in (previous tick, `now`]; return those runs.
 
-        Runs execute before this returns, upstream before downstream for the same logical date;
-        a task whose upstream has no successful run for that date is recorded ``upstream_failed``.
+        Runs execute before this returns, oldest logical date first and upstream before downstream
+        for the same date; a task whose upstream has not succeeded (see the module contract) is
+        recorded ``upstream_failed``.
         A task first seen by ``tick`` starts its schedule there: it does not run for earlier times.
         After downtime (several fire times missed since the previous tick) only the latest missed
         time is run; the others are skipped, not queued (there is no catch-up: use ``backfill``).
@@ -162,13 +163,18 @@ def find_cycle(edges: Mapping[str, Sequence[str]]) -> list[str] | None:
     return None
 
 
+def latest_fire(schedule: str, moment: datetime) -> datetime:
+    """The latest fire time of `schedule` at or before `moment` (UTC); also an upstream's logical date."""
+    # croniter's get_prev is strictly before its base; nudging the base makes `moment` itself count.
+    fire: datetime = croniter(schedule, moment.astimezone(UTC) + timedelta(microseconds=1)).get_prev(datetime)
+    return fire.astimezone(UTC)
+
+
 def validate_tasks(tasks: Sequence[Task]) -> list[str]:
     """Check `tasks` as ``Scheduler.sync`` promises; return their names, upstream first.
 
     Raises ``ConfigError`` naming the task for: a duplicate name, a bad cron expression, an
-    unknown upstream, negative retries, a dependency cycle (naming it), or a scheduled task whose
-    upstream does not fire at each of its fire times (it would never find the upstream's run for
-    its logical date; checked on the next 60 fire times).
+    unknown upstream, negative retries or a dependency cycle (naming it).
     """
     by_name: dict[str, Task] = {}
     for task in tasks:
@@ -184,8 +190,6 @@ def validate_tasks(tasks: Sequence[Task]) -> list[str]:
             "tasks depend on each other in a cycle: " + " -> ".join(cycle)
             + " (a -> b means a waits for b); remove one of these upstream links"
         )
-    for task in tasks:
-        _check_alignment(task, by_name)
     return list(graphlib.TopologicalSorter(edges).static_order())
 
 
@@ -202,27 +206,3 @@ def _check_task(task: Task, by_name: Mapping[str, Task]) -> None:
             )
     if task.retries < 0 or task.retry_delay < 0:
         raise ConfigError(f"task {task.name!r}: retries and retry_delay must be >= 0")
-
-
-def _check_alignment(task: Task, by_name: Mapping[str, Task]) -> None:
-    """A scheduled task runs for D only after its upstream succeeded for D: the upstream must fire at D."""
-    if task.schedule is None:
-        return
-    for name in task.upstream:
-        upstream = by_name[name].schedule
-        if upstream == task.schedule:
-            continue
-        hint = (
-            "a task runs for a logical date only after its upstream succeeded for the same date: "
-            f"give {name!r} the schedule of {task.name!r}"
-        )
-        if upstream is None:
-            raise ConfigError(f"task {task.name!r} is scheduled but its upstream {name!r} has no schedule; {hint}")
-        times = croniter(task.schedule, _EPOCH)
-        for _ in range(_ALIGNMENT_SAMPLES):
-            fire = times.get_next(datetime)
-            if not croniter.match(upstream, fire):
-                raise ConfigError(
-                    f"task {task.name!r} (schedule {task.schedule!r}) fires at {fire:%Y-%m-%d %H:%M} UTC, "
-                    f"when its upstream {name!r} (schedule {upstream!r}) does not; {hint}"
-                )

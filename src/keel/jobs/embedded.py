@@ -23,10 +23,10 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, cast
 
-from croniter import croniter, croniter_range  # type: ignore[import-untyped]
+from croniter import croniter, croniter_range
 
 from keel.errors import BackendError, ConfigError, NotFoundError
-from keel.jobs.base import Run, RunState, Task, find_cycle, validate_cron, validate_tasks
+from keel.jobs.base import Run, RunState, Task, find_cycle, latest_fire, validate_cron, validate_tasks
 
 __all__ = ["EmbeddedScheduler", "find_cycle", "validate_cron"]
 
@@ -116,7 +116,7 @@ class EmbeddedScheduler:
                     )
                 if last is None or now <= last:
                     continue
-                fire = _latest_fire(task.schedule, now)
+                fire = latest_fire(task.schedule, now)
                 if fire <= last:
                     continue
                 first = croniter(task.schedule, last).get_next(datetime)
@@ -229,16 +229,28 @@ class EmbeddedScheduler:
                 return self._finish(run_id, "success", None, attempts=attempts)
 
     def _upstream_problem(self, task: Task, date: datetime) -> str | None:
-        for upstream in task.upstream:
-            rows = self._query(
-                "SELECT state FROM runs WHERE task = ? AND logical_date = ? "
-                "ORDER BY state = 'success' DESC, id DESC LIMIT 1",
-                (upstream, _iso(date)),
-            )
+        """Why `task` may not run for `date` yet (see the upstream rule in keel.jobs.base), or None."""
+        for name in task.upstream:
+            schedule = self._tasks[name].schedule
+            if schedule is not None:
+                wanted = _iso(latest_fire(schedule, date))
+                rows = self._query(
+                    "SELECT state, logical_date FROM runs WHERE task = ? AND logical_date = ? "
+                    "ORDER BY state = 'success' DESC, id DESC LIMIT 1",
+                    (name, wanted),
+                )
+            else:
+                wanted = f"a date at or before {_iso(date)}"
+                rows = self._query(
+                    "SELECT state, logical_date FROM runs WHERE task = ? AND logical_date <= ? "
+                    "ORDER BY logical_date DESC, state = 'success' DESC, id DESC LIMIT 1",
+                    (name, _iso(date)),
+                )
             if not rows:
-                return f"upstream {upstream!r} has no run for {_iso(date)}"
-            if rows[0][0] != "success":
-                return f"upstream {upstream!r} {rows[0][0]} for {_iso(date)}"
+                return f"upstream {name!r} has no run for {wanted}"
+            state, upstream_date = rows[0]
+            if state != "success":
+                return f"upstream {name!r} {state} for {upstream_date}"
         return None
 
     def _insert(self, db: sqlite3.Connection, task: str, date: datetime) -> int:
@@ -317,11 +329,6 @@ def _iso(moment: datetime) -> str:
 
 def _parse(text: str | None) -> datetime:
     return datetime.fromisoformat(cast(str, text))
-
-
-def _latest_fire(schedule: str, now: datetime) -> datetime:
-    """The latest fire time <= now (croniter's get_prev is strictly before its base)."""
-    return _utc(croniter(schedule, now + timedelta(microseconds=1)).get_prev(datetime))
 
 
 def _to_run(row: tuple[Any, ...]) -> Run:
