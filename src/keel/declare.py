@@ -159,6 +159,7 @@ class Endpoint(Declaration):
     handler: Callable[..., Any]
     experiment: Experiment | None = None
     reads: tuple[str, ...] = ()  # views the handler reads (for lineage and docs)
+    fallback: Callable[..., Any] | None = None  # answers (without a variant) when the handler's backends fail
     kind: str = field(default="endpoint", init=False)
 
 
@@ -263,14 +264,16 @@ def metric(name: str, *, table: str, unit: str, aggregate: str = "conversion", v
 
 
 def endpoint(route: str, *, experiment: Experiment | None = None, reads: list[str] | tuple[str, ...] = (),
-             name: str | None = None, owner: str = "", description: str = "") -> Callable[[Callable[..., Any]], Endpoint]:
+             fallback: Callable[..., Any] | None = None, name: str | None = None, owner: str = "",
+             description: str = "") -> Callable[[Callable[..., Any]], Endpoint]:
     """Declare an HTTP endpoint, e.g. ``"GET /recommend/{user_id}"``. The handler gets a `Request`
-    and, under an experiment, the unit's variant."""
+    and, under an experiment, the unit's variant. ``fallback(req)`` answers instead when the handler
+    cannot reach what it reads (kv down, breaker open) or runs past the gateway's endpoint timeout."""
     method, _, path = route.strip().partition(" ")
 
     def wrap(fn: Callable[..., Any]) -> Endpoint:
         return _declare(Endpoint, name=name or fn.__name__, method=method.upper(), path=path.strip(), handler=fn,
-                        experiment=experiment, reads=tuple(reads), owner=owner,
+                        experiment=experiment, reads=tuple(reads), fallback=fallback, owner=owner,
                         description=description or (fn.__doc__ or "").strip())
 
     return wrap

@@ -85,8 +85,14 @@ recs_v2 = keel.experiment("recs_v2", variants={"trending": 0.5, "personal": 0.5}
                           description="do personal recommendations sell more than trending items?")
 
 
+def trending_items(req):
+    """The ten items trending now: the control, and what answers when personal recommendations cannot be read."""
+    top = req.view("trending").get("_top") or {}
+    return {"items": [row["item_id"] for row in top.get("items", [])][:10], "source": "trending"}
+
+
 @keel.endpoint("GET /recommend/{user_id}", experiment=recs_v2, reads=["trending", "recent_items", "similar_items"],
-               owner="recs")
+               fallback=trending_items, owner="recs")
 def recommend(req, variant):
     """Ten items for a user: personal (similar to what they viewed) or trending."""
     if variant == "personal":
@@ -98,8 +104,7 @@ def recommend(req, variant):
                     items.append(other)
         if items:
             return {"items": items[:10], "source": "personal"}
-    top = req.view("trending").get("_top") or {}
-    return {"items": [row["item_id"] for row in top.get("items", [])][:10], "source": "trending"}
+    return trending_items(req)
 
 
 # Checks: the lake is fed.

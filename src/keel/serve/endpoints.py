@@ -1,0 +1,112 @@
+"""Declared endpoints: the user's handler in a worker thread, with experiment assignment, exposure
+logging, a time limit and the declared fallback.
+
+A handler reads views through ``req.view(name).get(key)``; those reads go through the kv
+backend's breaker and retry budget. When the handler fails on a backend (`BackendError`, an open
+breaker) or runs past ``endpoint_timeout``, the endpoint's ``fallback`` (if declared) answers
+instead, within what is left of the request's time; the answer carries ``X-Keel-Fallback: 1`` and
+no exposure is logged (the unit did not see its variant). Without a fallback the answer is 503
+with Retry-After.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from concurrent.futures import Executor
+from dataclasses import dataclass, field
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import Response
+
+from keel.declare import Endpoint
+from keel.errors import BackendError, ValidationError
+from keel.experiments.assign import assign_one
+from keel.experiments.exposures import EXPOSURES, Exposure
+from keel.serve.ingest import to_batch
+from keel.serve.resilience import Backend, CircuitOpenError
+from keel.serve.responses import json_response, unavailable
+
+
+@dataclass
+class EndpointRequest:
+    """What a declared endpoint's handler gets: path and query parameters, and view lookups."""
+
+    params: dict[str, str]
+    query: dict[str, str]
+    runtime: Any
+    kv: Backend | None = None
+    cache: dict[str, Any] = field(default_factory=dict)
+
+    def view(self, name: str) -> ViewReader:
+        return ViewReader(self.runtime.views, name, self.kv)
+
+
+@dataclass(frozen=True)
+class ViewReader:
+    views: Any
+    name: str
+    kv: Backend | None = None
+
+    def get(self, key: str) -> Any | None:
+        if self.kv is None:
+            return self.views.get(self.name, key)
+        return self.kv.call_sync(lambda: self.views.get(self.name, key), retry=True)
+
+
+def endpoint_handler(runtime: Any, ep: Endpoint, kv: Backend, bus: Backend, executor: Executor,
+                     timeout: float, on_fallback: Callable[[], None]) -> Callable[[Request], Awaitable[Response]]:
+    exp = ep.experiment
+    fallback = getattr(ep, "fallback", None)
+
+    def primary(params: dict[str, str], query: dict[str, str]) -> Any:
+        req = EndpointRequest(params, query, runtime, kv)
+        if exp is None:
+            return ep.handler(req)
+        unit = params.get(exp.unit) or query.get(exp.unit)
+        if not unit:
+            raise ValidationError([{"index": None, "field": exp.unit, "error": "required to assign a variant"}])
+        variant = assign_one(exp.name, unit, exp.variants)
+        result = ep.handler(req, variant)
+        exposure = Exposure(experiment=exp.name, variant=variant, unit=unit, endpoint=ep.name)
+        batch, _ = to_batch([exposure], "unit", Exposure.schema_version)
+        bus.call_sync(lambda: runtime.bus.produce(EXPOSURES, batch))
+        return {"variant": variant, **result} if isinstance(result, dict) else result
+
+    def secondary(params: dict[str, str], query: dict[str, str]) -> Any:
+        assert fallback is not None
+        return fallback(EndpointRequest(params, query, runtime, kv))
+
+    async def handle(request: Request) -> Response:
+        loop = asyncio.get_running_loop()
+        params, query = dict(request.path_params), dict(request.query_params)
+        try:
+            result = await asyncio.wait_for(loop.run_in_executor(executor, primary, params, query), timeout)
+        except ValidationError as exc:
+            return json_response({"error": "bad request", "errors": exc.errors}, 400)
+        except (BackendError, TimeoutError) as exc:
+            if fallback is None:
+                return unavailable(_why(ep, exc, timeout), exc.retry_after if isinstance(exc, CircuitOpenError) else 1)
+            # the fallback gets the time the request has left: the front's limit cuts it past that
+            try:
+                result = await loop.run_in_executor(executor, secondary, params, query)
+            except BackendError as exc2:
+                return unavailable(f"{_why(ep, exc, timeout)}; its fallback failed too: {exc2}",
+                                   exc2.retry_after if isinstance(exc2, CircuitOpenError) else 1)
+            on_fallback()
+            response = json_response(result)
+            response.headers["x-keel-fallback"] = "1"
+            return response
+        return json_response(result)
+
+    return handle
+
+
+def _why(ep: Endpoint, exc: Exception, timeout: float) -> str:
+    if isinstance(exc, TimeoutError):
+        return f"endpoint {ep.name!r} did not answer within {timeout}s"
+    return f"endpoint {ep.name!r} could not read what it needs: {exc}"
+
+
+__all__ = ["EndpointRequest", "ViewReader", "endpoint_handler"]
