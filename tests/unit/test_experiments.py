@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from hashlib import blake2b
 from typing import Any
@@ -128,11 +129,15 @@ def test_analysis_recovers_a_built_in_conversion_lift() -> None:
     rng = np.random.default_rng(1)
     result = run(outcomes(conversions(rng, 20_000, 0.10), conversions(rng, 20_000, 0.12)))
     assert result.significant and result.p_value is not None and result.p_value < 0.001
-    assert result.absolute_ci is not None and result.absolute_ci[0] < 0.02 < result.absolute_ci[1]
-    assert result.relative_ci is not None and result.relative_ci[0] < 0.2 < result.relative_ci[1]
+    assert result.absolute_lift_ci is not None and result.absolute_lift_ci[0] < 0.02 < result.absolute_lift_ci[1]
+    assert result.relative_lift_ci is not None and result.relative_lift_ci[0] < 0.2 < result.relative_lift_ci[1]
     assert result.control.units == result.treatment.units == 20_000
-    assert result.srm is not None and not result.srm.mismatch
+    assert not result.srm and result.sample_ratio is not None
     assert any("significant at 95%" in line for line in result.summary_lines())
+    printed = json.loads(json.dumps(result.to_dict()))
+    assert printed["srm"] is False and printed["significant"] is True
+    assert printed["relative_lift_ci"] == list(result.relative_lift_ci)
+    assert printed["treatment"]["units"] == 20_000 and printed["sample_ratio"]["p_value"] > 0.001
 
 
 def test_welch_figures_match_scipy_on_revenue_like_data() -> None:
@@ -142,11 +147,11 @@ def test_welch_figures_match_scipy_on_revenue_like_data() -> None:
     reference = stats.ttest_ind(treatment, control, equal_var=False)
     interval = reference.confidence_interval(0.95)
     assert result.p_value == pytest.approx(reference.pvalue, rel=1e-9)
-    assert result.absolute_ci == pytest.approx((interval.low, interval.high), rel=1e-9)
+    assert result.absolute_lift_ci == pytest.approx((interval.low, interval.high), rel=1e-9)
     assert result.absolute_lift == pytest.approx(treatment.mean() - control.mean())
     assert result.relative_lift == pytest.approx(treatment.mean() / control.mean() - 1)
     assert result.control.std == pytest.approx(control.std(ddof=1))
-    assert result.srm is None
+    assert result.sample_ratio is None and not result.srm
 
 
 def test_for_conversions_welch_agrees_with_the_two_proportion_z_test() -> None:
@@ -170,21 +175,24 @@ def test_relative_lift_interval_covers_the_truth_about_95_percent_of_the_time() 
     covered = 0
     for _ in range(300):
         result = run(outcomes(conversions(rng, 4000, 0.10), conversions(rng, 4000, 0.12)))
-        assert result.relative_ci is not None
-        covered += result.relative_ci[0] <= 0.2 <= result.relative_ci[1]
+        assert result.relative_lift_ci is not None
+        covered += result.relative_lift_ci[0] <= 0.2 <= result.relative_lift_ci[1]
     assert 0.90 <= covered / 300 <= 0.99
 
 
 def test_sample_ratio_mismatch_is_flagged_for_52_48_but_not_for_a_fair_split() -> None:
     rng = np.random.default_rng(5)
     skewed = run(outcomes(conversions(rng, 52_000, 0.1), conversions(rng, 48_000, 0.1)))
-    assert skewed.srm is not None and skewed.srm.mismatch and skewed.srm.p_value is not None
-    assert skewed.srm.p_value < 1e-10 and skewed.srm.observed == {"control": 52_000, "treatment": 48_000}
+    assert skewed.srm and skewed.sample_ratio is not None and skewed.sample_ratio.p_value is not None
+    assert skewed.sample_ratio.p_value < 1e-10 and skewed.sample_ratio.observed == {
+        "control": 52_000,
+        "treatment": 48_000,
+    }
     assert any("MISMATCH" in line for line in skewed.summary_lines())
     assigned = assign("fair", UNITS, HALF)
     fair = run(pa.table({"unit": UNITS, "variant": assigned, "value": conversions(rng, len(UNITS), 0.1)}))
-    assert fair.srm is not None and not fair.srm.mismatch
-    assert fair.srm.expected_share == {"control": 0.5, "treatment": 0.5}
+    assert fair.sample_ratio is not None and not fair.srm
+    assert fair.sample_ratio.expected_share == {"control": 0.5, "treatment": 0.5}
 
 
 def test_sample_ratio_uses_the_declared_weights_of_every_variant() -> None:
@@ -194,10 +202,9 @@ def test_sample_ratio_uses_the_declared_weights_of_every_variant() -> None:
     assigned = assign("three", units, weights)
     table = pa.table({"unit": units, "variant": assigned, "value": conversions(rng, 50_000, 0.2)})
     fair = run(table, weights)
-    assert fair.srm is not None and not fair.srm.mismatch and set(fair.srm.observed) == set(weights)
+    assert fair.sample_ratio is not None and not fair.srm and set(fair.sample_ratio.observed) == set(weights)
     # The same units judged against a declared 50/50 between control and treatment: broken.
-    broken = run(table, {"control": 1, "treatment": 1, "other": 1}).srm
-    assert broken is not None and broken.mismatch
+    assert run(table, {"control": 1, "treatment": 1, "other": 1}).srm
 
 
 def test_polars_input_and_boolean_values_work() -> None:
@@ -233,7 +240,7 @@ def test_a_variant_without_units_gives_a_clear_empty_result() -> None:
 def test_a_single_unit_gives_means_but_no_interval() -> None:
     result = run(outcomes(np.array([3.0]), np.array([4.0, 6.0])), weights=None)
     assert result.control.std is None and result.absolute_lift == 2.0
-    assert result.absolute_ci is None and result.p_value is None
+    assert result.absolute_lift_ci is None and result.p_value is None
     assert any("1 unit" in n for n in result.notes)
     assert_clean(result)
 
@@ -249,7 +256,7 @@ def test_zero_variance_and_zero_control_mean_are_explained() -> None:
     rng = np.random.default_rng(4)
     only_treatment = run(outcomes(np.zeros(1000), conversions(rng, 1000, 0.05)))
     assert only_treatment.p_value is not None and only_treatment.significant
-    assert only_treatment.relative_lift is None and only_treatment.relative_ci is None
+    assert only_treatment.relative_lift is None and only_treatment.relative_lift_ci is None
     assert_clean(only_treatment)
 
 

@@ -50,11 +50,11 @@ class ExperimentResult:
     control: VariantSummary
     treatment: VariantSummary
     absolute_lift: float | None  # treatment mean - control mean
-    absolute_ci: tuple[float, float] | None  # Welch
+    absolute_lift_ci: tuple[float, float] | None  # Welch
     relative_lift: float | None  # treatment mean / control mean - 1
-    relative_ci: tuple[float, float] | None  # delta method
+    relative_lift_ci: tuple[float, float] | None  # delta method
     p_value: float | None  # Welch's t-test, two-sided
-    srm: SampleRatioCheck | None  # None when no weights were given
+    sample_ratio: SampleRatioCheck | None  # None when no weights were given
     confidence: float = 0.95
     notes: tuple[str, ...] = ()
 
@@ -62,30 +62,39 @@ class ExperimentResult:
     def significant(self) -> bool:
         return self.p_value is not None and self.p_value < 1 - self.confidence
 
+    @property
+    def srm(self) -> bool:
+        """True when the units per variant do not match the declared weights (the result is suspect)."""
+        return self.sample_ratio is not None and self.sample_ratio.mismatch
+
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-ready values; missing figures are None, explained in ``notes``."""
         out = asdict(self)
-        out["significant"] = self.significant
-        for key in ("absolute_ci", "relative_ci"):
+        for key in ("absolute_lift_ci", "relative_lift_ci"):
             out[key] = list(out[key]) if out[key] is not None else None
         out["notes"] = list(self.notes)
+        out["significant"] = self.significant
+        out["srm"] = self.srm
         return out
 
     def summary_lines(self) -> list[str]:
         pct = f"{self.confidence:.0%}"
         lines = [_variant_line("control", self.control), _variant_line("treatment", self.treatment)]
-        lines.append(f"absolute lift: {_num(self.absolute_lift, signed=True)}, {pct} CI {_interval(self.absolute_ci)}")
+        lines.append(
+            f"absolute lift: {_num(self.absolute_lift, signed=True)}, {pct} CI {_interval(self.absolute_lift_ci)}"
+        )
         lines.append(
             f"relative lift: {_num(self.relative_lift, signed=True, percent=True)}, "
-            f"{pct} CI {_interval(self.relative_ci, percent=True)}"
+            f"{pct} CI {_interval(self.relative_lift_ci, percent=True)}"
         )
         verdict = "n/a" if self.p_value is None else ("significant" if self.significant else "not significant")
         lines.append(f"p-value: {_num(self.p_value)} (Welch's t-test): {verdict} at {pct}")
-        if self.srm is not None:
-            counts = " / ".join(f"{n}={c:,}" for n, c in self.srm.observed.items())
-            shares = " / ".join(f"{s:.0%}" for s in self.srm.expected_share.values())
-            flag = "MISMATCH: do not trust this result" if self.srm.mismatch else "ok"
-            lines.append(f"sample ratio: {counts} vs declared {shares}: p = {_num(self.srm.p_value)}, {flag}")
+        check = self.sample_ratio
+        if check is not None:
+            counts = " / ".join(f"{n}={c:,}" for n, c in check.observed.items())
+            shares = " / ".join(f"{s:.0%}" for s in check.expected_share.values())
+            flag = "MISMATCH: do not trust this result" if check.mismatch else "ok"
+            lines.append(f"sample ratio: {counts} vs declared {shares}: p = {_num(check.p_value)}, {flag}")
         lines += [f"note: {n}" for n in self.notes]
         return lines
 
@@ -131,11 +140,11 @@ def analyze(
         control=c.summary,
         treatment=t.summary,
         absolute_lift=absolute[0],
-        absolute_ci=absolute[1],
+        absolute_lift_ci=absolute[1],
         relative_lift=relative[0],
-        relative_ci=relative[1],
+        relative_lift_ci=relative[1],
         p_value=absolute[2],
-        srm=srm,
+        sample_ratio=srm,
         confidence=confidence,
         notes=tuple(notes),
     )
