@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from decimal import Decimal
 from hashlib import blake2b
 from typing import Any
 
@@ -235,6 +236,22 @@ def test_a_variant_without_units_gives_a_clear_empty_result() -> None:
     assert result.absolute_lift is None and result.p_value is None and not result.significant
     assert any("'treatment' has no units" in n for n in result.notes)
     assert_clean(result)
+
+
+def test_an_experiment_without_any_outcome_yet_is_reported_not_raised() -> None:
+    empty = pa.table({"unit": pa.array([], pa.string()), "variant": pa.array([], pa.string()),
+                      "value": pa.array([], pa.float64())})  # fmt: skip
+    result = run(empty)
+    assert result.control.units == result.treatment.units == 0 and result.p_value is None and not result.srm
+    assert any("sample-ratio" in n for n in result.notes)
+    assert_clean(result)
+
+
+def test_decimal_values_are_accepted() -> None:
+    values = pa.array([Decimal("1.50"), Decimal("2.50"), Decimal("3.00"), Decimal("5.00")])
+    table = pa.table({"unit": ["a", "b", "c", "d"], "variant": ["control", "control", "treatment", "treatment"],
+                      "value": values})  # fmt: skip
+    assert run(table).absolute_lift == 2.0
 
 
 def test_a_single_unit_gives_means_but_no_interval() -> None:

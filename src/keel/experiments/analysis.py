@@ -175,7 +175,8 @@ def _as_table(outcomes: Any) -> pa.Table:
             hint = " (write 0 for a unit without conversion or revenue)" if name == "value" else ""
             raise SchemaError(f"outcomes column {name!r} has {table[name].null_count} null(s){hint}")
     value_type = table.schema.field("value").type
-    if not (pa.types.is_integer(value_type) or pa.types.is_floating(value_type) or pa.types.is_boolean(value_type)):
+    numeric = (pa.types.is_integer, pa.types.is_floating, pa.types.is_boolean, pa.types.is_decimal)
+    if not any(is_type(value_type) for is_type in numeric):
         raise SchemaError(f"outcomes column 'value' must be numeric (0/1 or an amount), not {value_type}")
     values = pc.cast(table["value"], pa.float64())
     if not pc.all(pc.is_finite(values)).as_py() and len(values):
