@@ -87,9 +87,13 @@ class EmbeddedScheduler:
                 f"cannot open the scheduler state {self.state_path}: {exc}; "
                 "check the `state` directory of the profile is writable"
             ) from exc
-        self._recover_interrupted()
-        if tasks:
-            self.sync(tasks)
+        try:
+            self._recover_interrupted()
+            if tasks:
+                self.sync(tasks)
+        except BaseException:
+            self._db.close()
+            raise
 
     # -- Scheduler -----------------------------------------------------------------------------
 
