@@ -37,7 +37,9 @@ class Runtime:
 
     @cached_property
     def bus(self) -> Bus:
-        return open_bus(self.config.bus, production=self.config.production)
+        # only Kafka acts on the profile's production flag (it warns when topics are not durable)
+        options = {"production": self.config.production} if self.config.bus.startswith("kafka://") else {}
+        return open_bus(self.config.bus, **options)
 
     @cached_property
     def lake(self) -> Lake:
