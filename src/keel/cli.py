@@ -25,6 +25,8 @@ app = typer.Typer(help="keel: the data platform of a data-driven product.", no_a
                   pretty_exceptions_enable=False, add_completion=False)
 experiments_app = typer.Typer(help="A/B experiments.", no_args_is_help=True)
 app.add_typer(experiments_app, name="experiments")
+keys_app = typer.Typer(help="API keys of the gateway (stored hashed in the project's state folder).", no_args_is_help=True)
+app.add_typer(keys_app, name="keys")
 out = Console()
 err = Console(stderr=True)
 
@@ -178,6 +180,49 @@ def experiments_report(name: Annotated[str, typer.Argument(help="the experiment"
         out.print(f"[bold]{name} / {metric}[/bold]")
         for line in result.summary_lines():
             out.print("  " + line)
+
+
+def _state_dir(project: Path, profile: str | None) -> Path:
+    from keel.config import file_path, load_config
+
+    path = file_path(load_config(project, profile).state)
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+@keys_app.command("create")
+def keys_create(name: Annotated[str, typer.Argument(help="who or what the key is for")],
+                scope: Annotated[list[str], typer.Option("--scope", "-s", help="ingest:<stream>, read:<view>, "
+                                 "call:<endpoint>, admin or *; wildcards allowed (read:*); repeat for several")],
+                rate: Annotated[float | None, typer.Option(help="requests per second (default: the gateway's, 1000)")] = None,
+                project: ProjectOpt = Path("."), profile: ProfileOpt = None) -> None:
+    """Create an API key; it is printed once and only its hash is stored."""
+    from keel.serve.keys import create_key
+
+    record, key = create_key(_state_dir(project, profile), name, scope, rate)
+    err.print(f"created key {record.id} ({record.name}) with scopes {', '.join(record.scopes)}; "
+              "store it now, it is not shown again:")
+    print(key)
+
+
+@keys_app.command("list")
+def keys_list(project: ProjectOpt = Path("."), profile: ProfileOpt = None) -> None:
+    """The keys: id, name, scopes, rate, created, revoked (never the keys themselves)."""
+    from keel.serve.keys import list_keys
+
+    print_rows([{"id": r.id, "name": r.name, "scopes": " ".join(r.scopes), "rate": r.rate or "default",
+                 "created": r.created, "revoked": r.revoked or ""} for r in list_keys(_state_dir(project, profile))],
+               "keys")
+
+
+@keys_app.command("revoke")
+def keys_revoke(key: Annotated[str, typer.Argument(help="the key's id or name")],
+                project: ProjectOpt = Path("."), profile: ProfileOpt = None) -> None:
+    """Revoke a key; a running gateway refuses it within a second."""
+    from keel.serve.keys import revoke_key
+
+    record = revoke_key(_state_dir(project, profile), key)
+    out.print(f"revoked key {record.id} ({record.name})")
 
 
 def main() -> None:

@@ -16,7 +16,6 @@ import asyncio
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-import msgspec
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.requests import Request
 from starlette.responses import Response
@@ -32,10 +31,6 @@ from keel.serve.metrics import Metrics
 from keel.serve.openapi import openapi_document
 from keel.serve.resilience import Backend
 from keel.serve.responses import json_response, unavailable
-
-MAX_KEYS = 1000  # keys per batch view lookup
-
-_keys_body = msgspec.json.Decoder(dict[str, list[str]])
 
 
 def gateway_options(runtime: Any) -> GatewayOptions:
@@ -78,20 +73,6 @@ def build_app(runtime: Any, options: GatewayOptions | None = None) -> Gateway:
         metrics.ingested.labels(name).inc(len(events))
         return json_response({"accepted": len(events), "event_ids": ids}, 202)
 
-    async def view_many(request: Request) -> Response:
-        view = request.path_params["view"]
-        if view not in catalog.views:
-            return json_response({"error": f"no view {view!r}; views: {sorted(catalog.views)}"}, 404)
-        try:
-            keys = _keys_body.decode(await request.body())["keys"]
-        except (msgspec.DecodeError, msgspec.ValidationError, KeyError):
-            return json_response({"error": 'send {"keys": ["k1", "k2", ...]}'}, 400)
-        if len(keys) > MAX_KEYS:
-            return json_response({"error": f"{len(keys)} keys in one lookup; at most {MAX_KEYS}"}, 400)
-        raws = await services.read([f"{view}/{k}" for k in keys]) if keys else []
-        values = {k: (None if r is None else msgspec.Raw(r)) for k, r in zip(keys, raws)}
-        return json_response({"values": values})
-
     async def healthz(request: Request) -> Response:
         return json_response({"status": "ok"})
 
@@ -119,7 +100,6 @@ def build_app(runtime: Any, options: GatewayOptions | None = None) -> Gateway:
 
     routes = [
         Route("/v1/streams/{stream}/events", ingest, methods=["POST"]),
-        Route("/v1/views/{view}", view_many, methods=["POST"]),
         Route("/healthz", healthz, methods=["GET"]),
         Route("/readyz", readyz, methods=["GET"]),
         Route("/metrics", metrics_route, methods=["GET"]),
@@ -135,4 +115,4 @@ def build_app(runtime: Any, options: GatewayOptions | None = None) -> Gateway:
     return Gateway(Router(routes=routes), services, options, keyring, metrics, set(catalog.views), endpoints)
 
 
-__all__ = ["build_app", "gateway_options", "EndpointRequest", "Gateway", "GatewayOptions"]
+__all__ = ["EndpointRequest", "Gateway", "GatewayOptions", "build_app", "gateway_options"]

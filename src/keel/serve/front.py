@@ -10,9 +10,9 @@ In order, before any route runs (OWASP API1/API2/API4/API5: one place, default d
 4. **Rate limit** per key: 429 + Retry-After.
 5. **Body limit** (413) and **time limit** (504) around the route.
 
-Then the hot route, ``GET /v1/views/{view}/{key}``, is answered right here in raw ASGI: one
-coalesced kv read and the stored JSON bytes sent as they are (no decode, no encode, no router, no
-Request object). Every other route goes to the Starlette router built in `keel.serve.app`.
+Then the view lookups, the hot path, are answered in raw ASGI by `keel.serve.views` (no router,
+no Request object, stored JSON bytes sent as they are). Every other route goes to the Starlette
+router built in `keel.serve.app`.
 Metrics are counted here for every route, so no handler can forget them.
 """
 
@@ -33,7 +33,7 @@ from keel.serve.keys import LOCAL_DEVELOPER, KeyRing, Principal
 from keel.serve.limits import GatewayOptions, RateLimiter, retry_after
 from keel.serve.metrics import Metrics
 from keel.serve.resilience import Backend, CircuitOpenError
-from keel.serve.responses import error_body
+from keel.serve.views import error, view_many, view_one
 
 log = logging.getLogger("keel.serve")
 
@@ -114,7 +114,7 @@ class Gateway:
             return
         if self.inflight >= self.options.max_concurrency:
             self.metrics.refused.labels("shed").inc()
-            await _answer(send, 503, "the gateway is over capacity; retry after the Retry-After delay",
+            await error(send, 503, "the gateway is over capacity; retry after the Retry-After delay",
                           ((b"retry-after", b"1"),))
             return
         token: str | None = None
@@ -131,46 +131,33 @@ class Gateway:
             self.metrics.refused.labels("unauthenticated").inc()
             message = ("send an API key: `Authorization: Bearer <key>` or `X-API-Key: <key>` (create one with "
                        "`keel keys create`)") if token is None else "the API key is not valid (malformed, unknown or revoked)"
-            await _answer(send, 401, message, ((b"www-authenticate", b'Bearer realm="keel"'),))
+            await error(send, 401, message, ((b"www-authenticate", b'Bearer realm="keel"'),))
             return
         route, needed, hot = self._route(method, path)
         if needed is not None and not principal.allows(needed):
             self.metrics.refused.labels("forbidden").inc()
-            await _answer(send, 403, f"this key has no scope {needed!r}; create a key with `--scope {needed}`")
+            await error(send, 403, f"this key has no scope {needed!r}; create a key with `--scope {needed}`")
             return
         if principal.key_id is not None:
             wait = self.rate.wait(principal.key_id, principal.rate)
             if wait > 0:
                 self.metrics.refused.labels("rate").inc()
-                await _answer(send, 429, "this key is over its rate limit; slow down",
+                await error(send, 429, "this key is over its rate limit; slow down",
                               ((b"retry-after", retry_after(wait)),))
                 return
         self.inflight += 1
         try:
             if hot is not None:
-                status = await self._view_one(hot[0], hot[1], send)
+                if hot[1] is None:
+                    status = await view_many(self.services.read, self.views, hot[0], receive, send,
+                                             self.options.max_body_bytes)
+                else:
+                    status = await view_one(self.services.read, self.views, hot[0], hot[1], send)
             else:
                 status = await self._routed(scope, receive, send, length)
         finally:
             self.inflight -= 1
         self.metrics.observe(route, method, status, time.perf_counter() - t0)
-
-    # -- the hot route -------------------------------------------------------------------------
-
-    async def _view_one(self, view: str, key: str, send: Send) -> int:
-        if view not in self.views:
-            return await _answer(send, 404, f"no view {view!r}; views: {sorted(self.views)}")
-        try:
-            (raw,) = await self.services.read([f"{view}/{key}"])  # keel.kv.views: "<view>/<key>"
-        except BackendError as exc:
-            after = exc.retry_after if isinstance(exc, CircuitOpenError) else 1.0
-            return await _answer(send, 503, str(exc), ((b"retry-after", retry_after(after)),))
-        if raw is None:
-            return await _answer(send, 404, f"no value for key {key!r} in view {view!r}")
-        await send({"type": "http.response.start", "status": 200,
-                    "headers": [_JSON, (b"content-length", str(len(raw)).encode())]})
-        await send({"type": "http.response.body", "body": raw})
-        return 200
 
     # -- everything else -----------------------------------------------------------------------
 
@@ -181,10 +168,10 @@ class Gateway:
             try:
                 declared = int(length)
             except ValueError:
-                return await _answer(send, 400, "Content-Length is not a number")
+                return await error(send, 400, "Content-Length is not a number")
             if declared > limit:
                 self.metrics.refused.labels("too_large").inc()
-                return await _answer(send, 413, f"body of {declared} bytes exceeds the {limit}-byte limit; send "
+                return await error(send, 413, f"body of {declared} bytes exceeds the {limit}-byte limit; send "
                                                 "smaller batches")
         received = 0
         status = 0
@@ -209,25 +196,25 @@ class Gateway:
         except _TooLarge:
             self.metrics.refused.labels("too_large").inc()
             if not status:
-                status = await _answer(send, 413, f"body exceeds the {limit}-byte limit; send smaller batches")
+                status = await error(send, 413, f"body exceeds the {limit}-byte limit; send smaller batches")
         except TimeoutError:
             if not status:
-                status = await _answer(send, 504, f"the request did not complete within "
+                status = await error(send, 504, f"the request did not complete within "
                                                   f"{self.options.request_timeout}s; retry later")
         except NotFoundError as exc:
             if not status:
-                status = await _answer(send, 404, str(exc))
+                status = await error(send, 404, str(exc))
         except BackendError as exc:
             if not status:
                 after = exc.retry_after if isinstance(exc, CircuitOpenError) else 1.0
-                status = await _answer(send, 503, str(exc), ((b"retry-after", retry_after(after)),))
+                status = await error(send, 503, str(exc), ((b"retry-after", retry_after(after)),))
         except KeelError as exc:
             if not status:
-                status = await _answer(send, 400, str(exc))
+                status = await error(send, 400, str(exc))
         except Exception:
             log.exception("gateway route %s %s failed", scope["method"], scope["path"])
             if not status:
-                status = await _answer(send, 500, "internal error; the gateway's log has the details")
+                status = await error(send, 500, "internal error; the gateway's log has the details")
         return status
 
     def _authenticate(self, scope: Scope, token: str | None) -> Principal | None:
@@ -238,14 +225,14 @@ class Gateway:
             return LOCAL_DEVELOPER
         return None
 
-    def _route(self, method: str, path: str) -> tuple[str, str | None, tuple[str, str] | None]:
-        """(metrics route name, scope needed, (view, key) of the hot route or None)."""
+    def _route(self, method: str, path: str) -> tuple[str, str | None, tuple[str, str | None] | None]:
+        """(metrics route name, scope needed, (view, key or None for the batch form) of a view route)."""
         if path.startswith("/v1/views/"):
             parts = path[10:].split("/")
             if len(parts) == 2 and method == "GET" and parts[0] and parts[1]:
                 return "view", f"read:{parts[0]}", (parts[0], parts[1])
-            if len(parts) == 1 and parts[0]:
-                return "views", f"read:{parts[0]}", None
+            if len(parts) == 1 and method == "POST" and parts[0]:
+                return "views", f"read:{parts[0]}", (parts[0], None)
             return "other", None, None
         if path.startswith("/v1/streams/"):
             parts = path[12:].split("/")
@@ -270,12 +257,4 @@ class Gateway:
                 return
 
 
-async def _answer(send: Send, status: int, message: str, headers: tuple[tuple[bytes, bytes], ...] = ()) -> int:
-    body = error_body(message)
-    await send({"type": "http.response.start", "status": status,
-                "headers": [_JSON, (b"content-length", str(len(body)).encode()), *headers]})
-    await send({"type": "http.response.body", "body": body})
-    return status
-
-
-__all__ = ["Gateway", "Services", "PUBLIC"]
+__all__ = ["PUBLIC", "Gateway", "Services"]

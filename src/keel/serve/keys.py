@@ -30,7 +30,7 @@ import secrets
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from keel.errors import ConfigError, NotFoundError
@@ -163,7 +163,7 @@ def revoke_key(state_dir: Path, id_or_name: str) -> KeyRecord:
 
 
 def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+    return datetime.now(UTC).isoformat(timespec="seconds")
 
 
 class KeyRing:
@@ -204,5 +204,14 @@ class KeyRing:
         return principal if hmac.compare_digest(_hash(m.group(2)), record.secret_sha256) else None
 
 
-__all__ = ["KeyRecord", "KeyRing", "Principal", "LOCAL_DEVELOPER", "create_key", "list_keys", "revoke_key",
-           "scope_allows", "keys_path"]
+__all__ = [
+    "LOCAL_DEVELOPER",
+    "KeyRecord",
+    "KeyRing",
+    "Principal",
+    "create_key",
+    "keys_path",
+    "list_keys",
+    "revoke_key",
+    "scope_allows",
+]

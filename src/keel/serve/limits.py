@@ -36,7 +36,7 @@ class GatewayOptions:
 
 
 class TokenBucket:
-    __slots__ = ("rate", "burst", "tokens", "stamp")
+    __slots__ = ("burst", "rate", "stamp", "tokens")
 
     def __init__(self, rate: float, burst: float | None = None) -> None:
         self.rate = rate

@@ -25,4 +25,4 @@ def error_body(message: str) -> bytes:
     return _json.encode({"error": message})
 
 
-__all__ = ["json_response", "unavailable", "error_body"]
+__all__ = ["error_body", "json_response", "unavailable"]

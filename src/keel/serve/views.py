@@ -1,0 +1,91 @@
+"""The view lookup routes, in raw ASGI: the gateway's hot path.
+
+``GET /v1/views/{view}/{key}`` answers the stored JSON bytes as they are; ``POST /v1/views/{view}``
+with ``{"keys": [...]}`` answers ``{"values": {key: value-or-null}}`` with each stored value spliced
+in unparsed (`msgspec.Raw`). Both go through `Services.read`: one coalesced kv read under the kv
+backend's breaker, retry budget and timeout. No router, no Request object, no JSON decode of values:
+measured in benchmarks/RESULTS.md ("Serving"), these are what the throughput was lost to.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+
+import msgspec
+
+from keel.errors import BackendError
+from keel.serve.limits import retry_after
+from keel.serve.resilience import CircuitOpenError
+from keel.serve.responses import error_body
+
+Message = MutableMapping[str, Any]
+Send = Callable[[Message], Awaitable[None]]
+Receive = Callable[[], Awaitable[Message]]
+Read = Callable[[list[str]], Awaitable[list[bytes | None]]]
+
+MAX_KEYS = 1000  # keys per batch lookup
+_JSON = (b"content-type", b"application/json")
+_keys_body = msgspec.json.Decoder(dict[str, list[str]])
+_encode = msgspec.json.Encoder().encode
+
+
+async def answer(send: Send, status: int, body: bytes, headers: tuple[tuple[bytes, bytes], ...] = ()) -> int:
+    await send({"type": "http.response.start", "status": status,
+                "headers": [_JSON, (b"content-length", str(len(body)).encode()), *headers]})
+    await send({"type": "http.response.body", "body": body})
+    return status
+
+
+async def error(send: Send, status: int, message: str, headers: tuple[tuple[bytes, bytes], ...] = ()) -> int:
+    return await answer(send, status, error_body(message), headers)
+
+
+async def _unavailable(send: Send, exc: BackendError) -> int:
+    after = exc.retry_after if isinstance(exc, CircuitOpenError) else 1.0
+    return await error(send, 503, str(exc), ((b"retry-after", retry_after(after)),))
+
+
+async def view_one(read: Read, views: set[str], view: str, key: str, send: Send) -> int:
+    if view not in views:
+        return await error(send, 404, f"no view {view!r}; views: {sorted(views)}")
+    try:
+        (raw,) = await read([f"{view}/{key}"])  # keel.kv.views stores a view's values under "<view>/<key>"
+    except BackendError as exc:
+        return await _unavailable(send, exc)
+    if raw is None:
+        return await error(send, 404, f"no value for key {key!r} in view {view!r}")
+    return await answer(send, 200, raw)
+
+
+async def view_many(read: Read, views: set[str], view: str, receive: Receive, send: Send, limit: int) -> int:
+    if view not in views:
+        return await error(send, 404, f"no view {view!r}; views: {sorted(views)}")
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":
+            return 499  # the client went away
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            return await error(send, 413, f"body exceeds the {limit}-byte limit")
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            break
+    try:
+        keys = _keys_body.decode(b"".join(chunks))["keys"]
+    except (msgspec.DecodeError, msgspec.ValidationError, KeyError):
+        return await error(send, 400, 'send {"keys": ["k1", "k2", ...]}')
+    if len(keys) > MAX_KEYS:
+        return await error(send, 400, f"{len(keys)} keys in one lookup; at most {MAX_KEYS}")
+    try:
+        raws = await read([f"{view}/{k}" for k in keys]) if keys else []
+    except BackendError as exc:
+        return await _unavailable(send, exc)
+    values = {k: (None if r is None else msgspec.Raw(r)) for k, r in zip(keys, raws)}
+    return await answer(send, 200, _encode({"values": values}))
+
+
+__all__ = ["MAX_KEYS", "answer", "error", "view_many", "view_one"]
