@@ -69,6 +69,10 @@ class SchemaError(KeelError):
     """Data does not match the schema it is written against; nothing was written."""
 
 
+class QueryError(KeelError):
+    """A SQL query or filter is not valid; the message quotes the SQL engine's explanation."""
+
+
 class ValidationError(KeelError):
     """Events failed validation; ``errors`` lists (index, field, message) per bad field."""
 
