@@ -17,12 +17,19 @@ from keel.bus import Bus, open_bus
 
 BUS_ENGINES = [
     pytest.param("file"),
+    pytest.param("kafka", marks=pytest.mark.kafka),
 ]
 
 
 @pytest.fixture
 def file_bus_url(tmp_path: Path) -> str:
     return f"file://{tmp_path / 'bus'}"
+
+
+@pytest.fixture
+def kafka_bus_url(kafka_bootstrap: str) -> str:
+    # One broker serves the session: a fresh topic and group prefix gives each test a bus of its own.
+    return f"{kafka_bootstrap}?topic_prefix=c-{uuid.uuid4().hex[:8]}.&heartbeat.interval.ms=500"
 
 
 @pytest.fixture(params=BUS_ENGINES)

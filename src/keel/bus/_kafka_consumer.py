@@ -36,7 +36,9 @@ def translate(exc: Exception, what: str) -> KeelError:
 class KafkaConsumer:
     """A member of ``group`` reading ``topic`` (see ``keel.bus.base.Consumer`` for the contract)."""
 
-    def __init__(self, ck: Any, common: Mapping[str, Any], topic: str, group: str, partitions: list[int] | None) -> None:
+    def __init__(
+        self, ck: Any, common: Mapping[str, Any], topic: str, group: str, partitions: list[int] | None, join_now: bool = True
+    ) -> None:
         self._ck = ck
         self.topic = topic
         self.group = group
@@ -56,7 +58,8 @@ class KafkaConsumer:
         try:
             if partitions is None:
                 self._consumer.subscribe([topic], on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_revoke)
-                self._await_assignment()
+                if join_now:
+                    self._await_assignment()
             else:
                 self._consumer.assign([ck.TopicPartition(topic, p) for p in partitions])
                 self._owned = set(partitions)

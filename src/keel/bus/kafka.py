@@ -26,6 +26,7 @@ import time
 import warnings
 from collections.abc import Mapping
 from typing import Any
+from urllib.parse import parse_qsl, urlsplit
 
 import numpy as np
 import pyarrow as pa
@@ -45,13 +46,36 @@ class KafkaDurabilityWarning(UserWarning):
     """A topic's replication settings cannot guarantee that an acknowledged event survives a broker loss."""
 
 
+_URL_OPTIONS = {"topic_prefix": str, "production": lambda v: v.lower() in ("1", "true", "yes"),
+                "replication_factor": int, "delivery_timeout_ms": int}
+
+
 def open_kafka_bus(url: str, **options: Any) -> KafkaBus:
-    """Open the Kafka engine for ``kafka://host:port[,host:port...]`` (see the module docstring for options)."""
+    """Open the Kafka engine for ``kafka://host:port[,host:port...][?option=value&...]``.
+
+    Query parameters set the options of the module docstring (``topic_prefix=shop.``); a
+    parameter with a dot is a librdkafka setting (``security.protocol=SSL``). Keyword options win.
+    """
     require("confluent_kafka", "kafka", "kafka")
-    bootstrap = url.split("://", 1)[1].strip("/") if "://" in url else ""
-    if not bootstrap:
+    parts = urlsplit(url)
+    bootstrap = parts.netloc
+    if parts.scheme != "kafka" or not bootstrap:
         raise ConfigError(f"bus URL {url!r} names no broker: write it like 'kafka://broker-1:9092,broker-2:9092'")
-    return KafkaBus(bootstrap, **options)
+    from_url: dict[str, Any] = {}
+    client_config: dict[str, Any] = {}
+    for key, value in parse_qsl(parts.query, keep_blank_values=True):
+        if "." in key:
+            client_config[key] = value
+        elif key in _URL_OPTIONS:
+            try:
+                from_url[key] = _URL_OPTIONS[key](value)
+            except ValueError as exc:
+                raise ConfigError(f"bus URL {url!r}: {key}={value!r} is not valid") from exc
+        else:
+            raise ConfigError(f"bus URL {url!r}: unknown option {key!r}; known: {sorted(_URL_OPTIONS)} or librdkafka settings (with a dot)")
+    merged = {**from_url, **options}
+    merged["config"] = {**client_config, **(options.get("config") or {})}
+    return KafkaBus(bootstrap, **merged)
 
 
 class KafkaBus:
@@ -329,9 +353,24 @@ class KafkaBus:
             bad = [p for p in partitions if not 0 <= p < count]
             if bad:
                 raise NotFoundError(f"stream {stream!r} has partitions 0..{count - 1}; there is no partition {bad}")
-        consumer = KafkaConsumer(self._ck, self._common, self.topic(stream), self.prefix + group, partitions)
+        # A sole member can finish joining now, so `assignment` is known on return. With members
+        # already in the group, the join completes only as they poll: it goes on in `poll`.
+        join_now = partitions is None and not self._has_members(self.prefix + group)
+        consumer = KafkaConsumer(self._ck, self._common, self.topic(stream), self.prefix + group, partitions, join_now)
         self._consumers.append(consumer)
         return consumer
+
+    def _has_members(self, group: str) -> bool:
+        deadline = time.monotonic() + _ADMIN_TIMEOUT
+        while True:
+            try:
+                described = self._admin.describe_consumer_groups([group])[group].result(timeout=_ADMIN_TIMEOUT)
+                return bool(described.members)
+            except self._ck.KafkaException as exc:
+                # The group coordinator may be loading or moving (a fresh or restarted broker): ask again.
+                if not exc.args[0].retriable() and exc.args[0].code() != self._ck.KafkaError.NOT_COORDINATOR or time.monotonic() > deadline:
+                    raise translate(exc, f"describing group {group!r}") from exc
+                time.sleep(0.2)
 
     def close(self) -> None:
         for consumer in self._consumers:

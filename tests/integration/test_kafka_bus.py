@@ -1,0 +1,160 @@
+"""The kafka:// bus on a real broker: what only Kafka can show (the engine-agnostic promises are in
+tests/contract/test_bus.py, which runs on Kafka too)."""
+
+from __future__ import annotations
+
+import uuid
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+
+import confluent_kafka  # scripts/install-kafka.sh installs it
+import confluent_kafka.admin
+import pyarrow as pa
+import pytest
+
+from keel.bus import open_bus
+from keel.bus.base import HEADERS_TYPE, TIMESTAMP_TYPE, StreamConfig, dlq_name, partition_for
+from keel.bus.kafka import KafkaBus, KafkaDurabilityWarning
+from keel.errors import BackendError, ConflictError, NotFoundError, SchemaError
+from tests.harness import kafka as harness
+from tests.harness.kafka import KafkaBroker, KafkaUnavailable
+
+pytestmark = pytest.mark.kafka
+
+
+@pytest.fixture
+def bus(kafka_bootstrap: str) -> Iterator[KafkaBus]:
+    opened = open_bus(kafka_bootstrap, topic_prefix=f"it-{uuid.uuid4().hex[:8]}.", config={"heartbeat.interval.ms": 500})
+    assert isinstance(opened, KafkaBus)
+    yield opened
+    opened.close()
+
+
+def _raw_read(bootstrap: str, topic: str, partitions: int, expected: int) -> list[confluent_kafka.Message]:
+    """Read `expected` messages with a plain Kafka client, as any other consumer would."""
+    consumer = confluent_kafka.Consumer({"bootstrap.servers": bootstrap, "group.id": "raw-" + uuid.uuid4().hex, "enable.auto.commit": False})
+    consumer.assign([confluent_kafka.TopicPartition(topic, p, confluent_kafka.OFFSET_BEGINNING) for p in range(partitions)])
+    out: list[confluent_kafka.Message] = []
+    for _ in range(50):
+        out += [m for m in consumer.consume(100, 0.2) if m.error() is None]
+        if len(out) >= expected:
+            break
+    consumer.close()
+    return out
+
+
+def test_each_record_is_a_plain_kafka_message(bus: KafkaBus, kafka_broker: KafkaBroker) -> None:
+    bus.create_stream(StreamConfig("orders", partitions=3))
+    keys = [b"user-1", b"user-2", b"user-3", b"user-1"]
+    batch = pa.table({
+        "key": pa.array(keys, pa.binary()),
+        "value": pa.array([b'{"n": %d}' % i for i in range(4)], pa.binary()),
+        "timestamp": pa.array([1_700_000_000_000 + i for i in range(4)], pa.int64()).cast(TIMESTAMP_TYPE),
+        "headers": pa.array([[("event_id", b"e%d" % i), ("schema_version", b"1")] for i in range(4)], HEADERS_TYPE),
+    })
+    produced = bus.produce("orders", batch)
+    assert produced.partitions.tolist() == partition_for(pa.array(keys), 3).tolist()
+
+    messages = _raw_read(kafka_broker.bootstrap, bus.topic("orders"), 3, 4)
+    by_value = {m.value(): m for m in messages}
+    assert len(by_value) == 4
+    for i in range(4):
+        m = by_value[b'{"n": %d}' % i]
+        assert m.key() == keys[i]
+        assert m.headers() == [("event_id", b"e%d" % i), ("schema_version", b"1")]
+        assert m.timestamp() == (confluent_kafka.TIMESTAMP_CREATE_TIME, 1_700_000_000_000 + i)
+        assert (m.partition(), m.offset()) == (produced.partitions[i], produced.offsets[i])
+
+
+def test_streams_are_topics_with_their_dead_letter_topic_and_retention(bus: KafkaBus, kafka_broker: KafkaBroker) -> None:
+    bus.create_stream(StreamConfig("clicks", partitions=4, retention_ms=3_600_000, retention_bytes=1 << 30))
+    admin = confluent_kafka.admin.AdminClient({"bootstrap.servers": kafka_broker.bootstrap})
+    topics = admin.list_topics(timeout=10).topics
+    assert len(topics[bus.topic("clicks")].partitions) == 4
+    assert len(topics[bus.topic(dlq_name("clicks"))].partitions) == 1
+    info = bus.describe("clicks")
+    assert (info.config.retention_ms, info.config.retention_bytes) == (3_600_000, 1 << 30)
+    with pytest.raises(ConflictError, match="4 partitions"):
+        bus.create_stream(StreamConfig("clicks", partitions=2))
+
+
+def test_describe_shows_watermarks_and_each_groups_commits(bus: KafkaBus) -> None:
+    bus.create_stream(StreamConfig("views", partitions=2))
+    bus.produce("views", pa.table({"key": [b"a", b"b", b"c", b"d", b"e"], "value": [b"v"] * 5}))
+    pinned = bus.consumer("views", "lake-sink", partitions=[0, 1])
+    seen = 0
+    while seen < 5:
+        seen += pinned.poll(100, 2).num_rows
+    ends = {p.partition: p.end_offset for p in bus.describe("views").partitions}
+    assert sum(ends.values()) == 5
+    pinned.commit({0: ends[0], 1: 1})
+    info = bus.describe("views")
+    assert info.committed["lake-sink"] == {0: ends[0], 1: 1}
+    assert info.lag("lake-sink") == {0: 0, 1: ends[1] - 1}
+
+
+def test_production_profile_warns_about_a_single_replica(kafka_bootstrap: str) -> None:
+    prod = open_bus(kafka_bootstrap, topic_prefix=f"it-{uuid.uuid4().hex[:8]}.", production=True)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        prod.create_stream(StreamConfig("payments"))
+    texts = [str(w.message) for w in caught if issubclass(w.category, KafkaDurabilityWarning)]
+    assert any("replication factor 1" in t and "replication_factor=3" in t for t in texts), texts
+    assert any("min.insync.replicas=1" in t and "min.insync.replicas=2" in t for t in texts), texts
+    prod.close()
+
+
+def test_produce_refuses_bad_batches_and_unknown_streams(bus: KafkaBus) -> None:
+    with pytest.raises(NotFoundError, match="nowhere"):
+        bus.produce("nowhere", pa.table({"value": [b"x"]}))
+    bus.create_stream(StreamConfig("s"))
+    with pytest.raises(SchemaError, match="value"):
+        bus.produce("s", pa.table({"payload": [b"x"]}))
+    with pytest.raises(SchemaError, match="null value"):
+        bus.produce("s", pa.table({"value": pa.array([b"x", None], pa.binary())}))
+    assert bus.describe("s").partitions[0].end_offset == 0
+
+
+def test_cooperative_rebalance_splits_partitions_between_members(bus: KafkaBus) -> None:
+    bus.create_stream(StreamConfig("jobs", partitions=4))
+    first = bus.consumer("jobs", "workers")
+    assert first.assignment == [0, 1, 2, 3]
+    second = bus.consumer("jobs", "workers")
+    for _ in range(100):  # both members must serve the rebalance
+        first.poll(10, 0.1)
+        second.poll(10, 0.1)
+        if first.assignment and second.assignment:
+            break
+    assert sorted(first.assignment + second.assignment) == [0, 1, 2, 3]
+    assert not set(first.assignment) & set(second.assignment)
+    second.close()
+    for _ in range(100):
+        first.poll(10, 0.1)
+        if first.assignment == [0, 1, 2, 3]:
+            break
+    assert first.assignment == [0, 1, 2, 3]
+
+
+def test_produce_fails_and_acknowledges_nothing_while_the_broker_is_down(kafka_private_broker: KafkaBroker) -> None:
+    bus = open_bus(kafka_private_broker.url, delivery_timeout_ms=3_000)
+    bus.create_stream(StreamConfig("events"))
+    bus.produce("events", pa.table({"value": [b"before"]}))
+    kafka_private_broker.stop()
+    with pytest.raises(BackendError, match="not acknowledged"):
+        bus.produce("events", pa.table({"value": [b"lost-1", b"lost-2"]}))
+    kafka_private_broker.start()
+    after = bus.produce("events", pa.table({"value": [b"after"]}))
+    consumer = bus.consumer("events", "check", partitions=[0])
+    values: list[bytes] = []
+    while len(values) < 2:
+        values += consumer.poll(100, 2).column("value").to_pylist()
+    assert values == [b"before", b"after"]
+    assert after.offsets.tolist() == [1]
+    bus.close()
+
+
+def test_missing_jars_fail_naming_the_install_script(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setattr(harness, "KAFKA_LIB", tmp_path)
+    with pytest.raises(KafkaUnavailable, match="scripts/install-kafka.sh"):
+        KafkaBroker(tmp_path / "data")
