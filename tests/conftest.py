@@ -3,4 +3,5 @@
 pytest_plugins: list[str] = [
     "tests.harness.redis",
     "tests.harness.kafka",
+    "tests.harness.s3",
 ]

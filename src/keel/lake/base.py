@@ -11,6 +11,7 @@ Contract:
   a missing required column, a changed type or a renamed column raises ``SchemaError`` and
   writes nothing.
 * ``read`` returns an Arrow table; ``filter`` is a SQL boolean expression over the table's columns.
+* Unknown tables and columns raise ``NotFoundError`` naming them and listing what exists.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ class TableInfo:
     files: int
     size_bytes: int
     last_commit: datetime | None
+    partitions: int = 1  # distinct partition values holding files (1 if unpartitioned)
 
 
 @dataclass(frozen=True)
@@ -61,7 +63,21 @@ class Lake(Protocol):
         metadata: dict[str, str] | None = None,
     ) -> bool: ...
 
-    def writer_commit(self, name: str, writer: str) -> WriterCommit | None: ...
+    def overwrite(
+        self,
+        name: str,
+        data: pa.Table | pa.RecordBatch,
+        *,
+        writer: str | None = None,
+        version: int | None = None,
+        metadata: dict[str, str] | None = None,
+    ) -> bool:
+        """Replace all rows by `data` in one commit; the schema and exactly-once rules of `append`."""
+        ...
+
+    def writer_commit(self, name: str, writer: str) -> WriterCommit | None:
+        """The writer's last committed version and the metadata stored with it; None if it never wrote."""
+        ...
 
     def read(
         self,

@@ -1,0 +1,133 @@
+"""pytest plugin: a real S3 API server (moto_server) on 127.0.0.1 for the whole session.
+
+Fixtures:
+* ``s3_server`` — the running `S3Server`: ``endpoint`` (http://127.0.0.1:PORT), ``bucket`` (created
+  empty at start), ``env`` (the AWS_* variables a client needs) and ``url(prefix)`` for a lake URL.
+* ``s3_env`` — function scope: sets those AWS_* variables in os.environ for one test.
+
+moto_server honours S3 conditional writes (If-None-Match: *), which Delta commits on S3 rely on.
+If moto_server is not installed the fixtures FAIL, naming scripts/install-s3.sh.
+"""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+INSTALL_HINT = "run scripts/install-s3.sh (installs moto[server] from PyPI, the `test` extra)"
+BUCKET = "keel-test"
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def find_moto_server() -> list[str] | None:
+    beside = Path(sys.executable).with_name("moto_server")
+    if beside.exists():
+        return [str(beside)]
+    found = shutil.which("moto_server")
+    return [found] if found else None
+
+
+class S3Server:
+    """One moto_server process on a loopback port, with one bucket."""
+
+    def __init__(self, command: list[str], workdir: Path, bucket: str = BUCKET) -> None:
+        self.command, self.workdir, self.bucket = command, workdir, bucket
+        self.port = free_port()
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def env(self) -> dict[str, str]:
+        return {
+            "AWS_ACCESS_KEY_ID": "keel-test",
+            "AWS_SECRET_ACCESS_KEY": "keel-test-secret",
+            "AWS_REGION": "us-east-1",
+            "AWS_ENDPOINT_URL": self.endpoint,
+        }
+
+    def url(self, prefix: str | None = None) -> str:
+        """A lake URL under a fresh (or the given) prefix of the bucket."""
+        return f"s3://{self.bucket}/{prefix or 'lake-' + uuid.uuid4().hex[:10]}"
+
+    def start(self, timeout: float = 30.0) -> None:
+        log = open(self.workdir / "moto.log", "ab")  # noqa: SIM115 - the child owns it while it runs
+        self.process = subprocess.Popen([*self.command, "-H", "127.0.0.1", "-p", str(self.port)],
+                                        stdout=log, stderr=subprocess.STDOUT, cwd=self.workdir)
+        log.close()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                break
+            try:
+                with urllib.request.urlopen(f"{self.endpoint}/moto-api/", timeout=1):
+                    break
+            except OSError:
+                time.sleep(0.1)
+        else:
+            self.stop()
+            raise RuntimeError(f"moto_server did not answer on {self.endpoint} within {timeout}s: {self._log()}")
+        if self.process.poll() is not None:
+            raise RuntimeError(f"moto_server exited at start: {self._log()}")
+        self.create_bucket(self.bucket)
+
+    def create_bucket(self, name: str) -> None:
+        # moto accepts unsigned requests: a bare PUT creates the bucket, no boto3 needed.
+        request = urllib.request.Request(f"{self.endpoint}/{name}", method="PUT")
+        with urllib.request.urlopen(request, timeout=10) as response:
+            assert response.status == 200, response.read()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        if self.process is None:
+            return
+        process, self.process = self.process, None
+        if process.poll() is None:
+            process.terminate()
+            try:
+                process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+    def _log(self) -> str:
+        return (self.workdir / "moto.log").read_text(errors="replace")[-2000:]
+
+
+@pytest.fixture(scope="session")
+def s3_server() -> Iterator[S3Server]:
+    command = find_moto_server()
+    if command is None:
+        pytest.fail(f"moto_server is not installed: {INSTALL_HINT}", pytrace=False)
+    with tempfile.TemporaryDirectory(prefix="keel-s3-") as workdir:
+        server = S3Server(command, Path(workdir))
+        server.start()
+        try:
+            yield server
+        finally:
+            server.stop()
+
+
+@pytest.fixture
+def s3_env(s3_server: S3Server, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+    for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL_S3", "AWS_DEFAULT_REGION"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in s3_server.env.items():
+        monkeypatch.setenv(name, value)
+    return s3_server.env
