@@ -1,18 +1,60 @@
-"""The gateway's OpenAPI 3.1 document, generated from the declarations."""
+"""The gateway's OpenAPI 3.1 document, generated from the declarations.
+
+Every operation but /healthz, /readyz and /openapi.json requires an API key (``Authorization:
+Bearer`` or ``X-API-Key``) and documents the front door's answers: 401, 403, 413, 429, 503, 504.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
 import msgspec
+import msgspec.inspect
 
 from keel.catalog import Catalog
 
 _ERROR = {"type": "object", "properties": {"error": {"type": "string"}, "errors": {"type": "array"}}}
+_SECURITY = [{"bearer": []}, {"apiKey": []}]
+_SCHEMES = {"bearer": {"type": "http", "scheme": "bearer", "description": "a key from `keel keys create`"},
+            "apiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key"}}
+_RETRY_AFTER = {"Retry-After": {"schema": {"type": "string"}, "description": "seconds to wait before retrying"}}
 
 
 def _json(schema: dict[str, Any]) -> dict[str, Any]:
     return {"content": {"application/json": {"schema": schema}}}
+
+
+def _guarded(responses: dict[str, Any], body: bool = False) -> dict[str, Any]:
+    """The answers every protected operation may give besides its own."""
+    out = {
+        **responses,
+        "401": {"description": "no API key, or not a valid one", **_json(_ERROR)},
+        "403": {"description": "the key lacks the scope this operation needs", **_json(_ERROR)},
+        "429": {"description": "the key is over its rate limit", "headers": _RETRY_AFTER, **_json(_ERROR)},
+        "503": {"description": "over capacity, or a backend is unavailable", "headers": _RETRY_AFTER,
+                **_json(_ERROR)},
+        "504": {"description": "not completed within the request time limit", **_json(_ERROR)},
+    }
+    if body:
+        out["413"] = {"description": "body too large", **_json(_ERROR)}
+    return out
+
+
+def _key_param() -> dict[str, Any]:
+    return {"name": "key", "in": "path", "required": True, "schema": {"type": "string", "pattern": "^[^/]+$"}}
+
+
+def _date_time_formats(struct: type, schema: dict[str, Any]) -> None:
+    """Mark datetime fields ``format: date-time``: msgspec's schema says only "string", which let clients
+    (and schemathesis) believe any string is a valid event time; ingest requires RFC 3339."""
+    info = msgspec.inspect.type_info(struct)
+    for f in getattr(info, "fields", ()):
+        types = f.type.types if isinstance(f.type, msgspec.inspect.UnionType) else (f.type,)
+        if any(isinstance(t, msgspec.inspect.DateTimeType) for t in types):
+            prop = schema.get("properties", {}).get(f.encode_name, {})
+            for alt in prop.get("anyOf", [prop]):
+                if alt.get("type") == "string":
+                    alt["format"] = "date-time"
 
 
 def openapi_document(catalog: Catalog) -> dict[str, Any]:
@@ -21,30 +63,48 @@ def openapi_document(catalog: Catalog) -> dict[str, Any]:
     for s in catalog.streams.values():
         (schema,), defs = msgspec.json.schema_components([s.schema], ref_template="#/components/schemas/{name}")
         components.update(defs)
+        _date_time_formats(s.schema, components[s.schema.__name__])
         paths[f"/v1/streams/{s.name}/events"] = {"post": {
             "summary": f"Ingest {s.name} events" + (f": {s.description}" if s.description else ""),
-            "operationId": f"ingest_{s.name}",
+            "operationId": f"ingest_{s.name}", "security": _SECURITY,
             "requestBody": {"required": True, "content": {
-                "application/json": {"schema": {"oneOf": [schema, {"type": "array", "items": schema}]}},
+                "application/json": {"schema": {"oneOf": [schema, {"type": "array", "items": schema, "minItems": 1}]}},
                 "application/x-ndjson": {"schema": {"type": "string"}}}},
-            "responses": {"202": {"description": "accepted: durable on the bus", **_json(
-                {"type": "object", "properties": {"accepted": {"type": "integer"},
-                                                  "event_ids": {"type": "array", "items": {"type": "string"}}}})},
-                          "400": {"description": "invalid events; nothing written", **_json(_ERROR)},
-                          "413": {"description": "body too large", **_json(_ERROR)}}}}
+            "responses": _guarded({
+                "202": {"description": "accepted: durable on the bus", **_json(
+                    {"type": "object", "properties": {"accepted": {"type": "integer"},
+                                                      "event_ids": {"type": "array", "items": {"type": "string"}}}})},
+                "400": {"description": "invalid events; nothing written", **_json(_ERROR)}}, body=True)}}
     for v in catalog.views.values():
         paths[f"/v1/views/{v.name}/{{key}}"] = {"get": {
-            "summary": f"Read one value of view {v.name}", "operationId": f"view_{v.name}",
-            "parameters": [{"name": "key", "in": "path", "required": True, "schema": {"type": "string"}}],
-            "responses": {"200": {"description": "the value", **_json({})},
-                          "404": {"description": "no value", **_json(_ERROR)}}}}
+            "summary": f"Read one value of view {v.name}", "operationId": f"view_{v.name}", "security": _SECURITY,
+            "parameters": [_key_param()],
+            "responses": _guarded({"200": {"description": "the value", **_json({})},
+                                   "404": {"description": "no value", **_json(_ERROR)}})}}
+        paths[f"/v1/views/{v.name}"] = {"post": {
+            "summary": f"Read many values of view {v.name}", "operationId": f"views_{v.name}", "security": _SECURITY,
+            "requestBody": {"required": True, "content": {"application/json": {"schema": {
+                "type": "object", "required": ["keys"], "additionalProperties": False,
+                "properties": {"keys": {"type": "array", "items": {"type": "string"}, "maxItems": 1000}}}}}},
+            "responses": _guarded({
+                "200": {"description": "each key's value, null when absent", **_json(
+                    {"type": "object", "properties": {"values": {"type": "object"}}})},
+                "400": {"description": "not a {\"keys\": [...]} body", **_json(_ERROR)}}, body=True)}}
     for ep in catalog.endpoints.values():
         params = [p.strip("{}") for p in ep.path.split("/") if p.startswith("{")]
+        responses: dict[str, Any] = {"200": {"description": "result", **_json({"type": "object"})}}
+        if ep.experiment is not None:
+            responses["400"] = {"description": f"no {ep.experiment.unit} to assign a variant", **_json(_ERROR)}
         paths.setdefault(ep.path, {})[ep.method.lower()] = {
-            "summary": ep.description or ep.name, "operationId": ep.name,
-            "parameters": [{"name": p, "in": "path", "required": True, "schema": {"type": "string"}} for p in params],
-            "responses": {"200": {"description": "result", **_json({"type": "object"})}}}
+            "summary": ep.description or ep.name, "operationId": ep.name, "security": _SECURITY,
+            "parameters": [{"name": p, "in": "path", "required": True, "schema": {"type": "string",
+                                                                                  "pattern": "^[^/]+$"}}
+                           for p in params],
+            "responses": _guarded(responses)}
     for route in ("/healthz", "/readyz"):
-        paths[route] = {"get": {"summary": route[1:], "responses": {"200": {"description": "ok", **_json({})}}}}
+        paths[route] = {"get": {"summary": route[1:], "operationId": route[1:], "security": [],
+                                "responses": {"200": {"description": "ok", **_json({})},
+                                              "503": {"description": "not ready", "headers": _RETRY_AFTER,
+                                                      **_json({})}}}}
     return {"openapi": "3.1.0", "info": {"title": "keel gateway", "version": "1"}, "paths": paths,
-            "components": {"schemas": components}}
+            "components": {"schemas": components, "securitySchemes": _SCHEMES}, "security": _SECURITY}

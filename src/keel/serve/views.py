@@ -26,7 +26,13 @@ Read = Callable[[list[str]], Awaitable[list[bytes | None]]]
 
 MAX_KEYS = 1000  # keys per batch lookup
 _JSON = (b"content-type", b"application/json")
-_keys_body = msgspec.json.Decoder(dict[str, list[str]])
+
+
+class _Keys(msgspec.Struct, forbid_unknown_fields=True):
+    keys: list[str]
+
+
+_keys_body = msgspec.json.Decoder(_Keys)
 _encode = msgspec.json.Encoder().encode
 
 
@@ -75,8 +81,8 @@ async def view_many(read: Read, views: set[str], view: str, receive: Receive, se
         if not message.get("more_body", False):
             break
     try:
-        keys = _keys_body.decode(b"".join(chunks))["keys"]
-    except (msgspec.DecodeError, msgspec.ValidationError, KeyError):
+        keys = _keys_body.decode(b"".join(chunks)).keys
+    except (msgspec.DecodeError, msgspec.ValidationError):
         return await error(send, 400, 'send {"keys": ["k1", "k2", ...]}')
     if len(keys) > MAX_KEYS:
         return await error(send, 400, f"{len(keys)} keys in one lookup; at most {MAX_KEYS}")
