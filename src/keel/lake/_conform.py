@@ -8,7 +8,8 @@ nanosecond timestamps matches a table created from ``string`` and microseconds.
 The evolution rules (``conform``):
 * a column the table has and the data lacks is filled with nulls if nullable, refused if required;
 * a column the data has and the table lacks is added to the table, always nullable;
-* both at once looks like a rename, which old readers cannot follow, so it is refused;
+* a missing column and a new column of the same type looks like a rename, which old readers cannot
+  follow, so it is refused;
 * a column whose type differs is cast if the cast is lossless (int32 -> int64, float32 -> float64,
   any string layout -> string, ns -> us timestamps), refused otherwise.
 """
@@ -104,11 +105,13 @@ def conform(data: pa.Table, target: pa.Schema, table: str) -> tuple[pa.Table, bo
             f"table {table!r}: required column {f.name!r} ({f.type}) is missing from the data; "
             f"add it to every batch (required columns: {[r.name for r in target if not r.nullable]})"
         )
-    if missing and new:
+    renamed = [(m, n) for m in missing for n in new if canonical_type(n.type) == m.type]
+    if renamed:
+        old, now = renamed[0]
         raise SchemaError(
-            f"table {table!r}: the data lacks column(s) {[f.name for f in missing]} and brings new "
-            f"column(s) {[f.name for f in new]}, which looks like a rename; renaming is a breaking change "
-            f"for readers: keep the old column (nulls are fine) next to the new one, or write a new table"
+            f"table {table!r}: the data lacks column {old.name!r} and brings a new column {now.name!r} of the "
+            f"same type, which looks like a rename; renaming is a breaking change for readers: keep "
+            f"{old.name!r} (nulls are fine) next to {now.name!r}, or write a new table"
         )
     columns: list[pa.ChunkedArray] = []
     fields: list[pa.Field] = []

@@ -1,6 +1,6 @@
 """SQL over the lake: a DuckDB session in which every lake table is queryable by its name.
 
-Tables are bound lazily: before each query the session finds the table names it references and
+Tables are bound lazily: before each query the session finds the lake tables its text names and
 (re)binds those that are lake tables to their latest version, so a notebook sees new commits
 without reconnecting. How a table is bound, chosen by measurement (benchmarks/bench_lake_sql.py,
 10M rows, group by item_id, 2 cores): DuckDB reading the snapshot's Parquet files natively runs at
@@ -30,6 +30,7 @@ _DUCKDB_TYPES = {
     pa.float64(): "DOUBLE",
 }
 _MISSING_TABLE = re.compile(r"Table with name (\S+) does not exist", re.IGNORECASE)
+_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _MISSING_COLUMN = re.compile(r'Referenced column "?([^"\s]+)"? not found', re.IGNORECASE)
 
 
@@ -50,11 +51,23 @@ class SqlSession:
         self._con = duckdb.connect(config=config)
         self._con.execute("SET TimeZone = 'UTC'")
         self._bound: dict[str, tuple[str, int | None]] = {}  # table -> (how, version)
-        self._known: set[str] = set()
+        self._known: set[str] | None = None  # the lake's tables, listed again when a query misses one
 
     def query(self, sql: str) -> pa.Table:
         """Run one SQL statement over the lake's tables; the result (empty for statements) as Arrow."""
-        self._bind(sql)
+        if self._known is None:
+            self._known = set(self.lake.list_tables())
+        referenced = self._bind(sql)
+        try:
+            return self._run(sql)
+        except NotFoundError as missing:
+            # A table created since the session listed them: list again, and retry once.
+            self._known = set(self.lake.list_tables())
+            if self._bind(sql) == referenced:
+                raise missing from None
+            return self._run(sql)
+
+    def _run(self, sql: str) -> pa.Table:
         duckdb = self._duckdb
         try:
             relation = self._con.sql(sql)
@@ -62,13 +75,15 @@ class SqlSession:
         except duckdb.CatalogException as exc:
             missing = _MISSING_TABLE.search(str(exc))
             if missing:
-                known = ", ".join(sorted(self._known)) or "none"
+                known = ", ".join(sorted(self._known or ())) or "none"
                 raise NotFoundError(f"no table {missing.group(1)} in the lake; tables: {known}") from exc
             raise QueryError(_first_line(exc)) from exc
         except duckdb.BinderException as exc:
             column = _MISSING_COLUMN.search(str(exc))
             if column:
-                raise NotFoundError(f"no column {column.group(1)!r}: {' '.join(str(exc).split())}") from exc
+                tables = sorted(self._identifiers(sql) & (self._known or set()))
+                known = "; ".join(f"columns of {t}: {', '.join(self._columns(t))}" for t in tables)
+                raise NotFoundError(f"no column {column.group(1)!r} ({_first_line(exc)}); {known}") from exc
             raise QueryError(_first_line(exc)) from exc
         except duckdb.Error as exc:
             raise QueryError(_first_line(exc)) from exc
@@ -89,15 +104,24 @@ class SqlSession:
 
     # -- binding -------------------------------------------------------------------------------
 
-    def _bind(self, sql: str) -> None:
-        try:
-            names = self._duckdb.get_table_names(sql)
-        except self._duckdb.Error as exc:
-            raise QueryError(_first_line(exc)) from exc
-        if names - self._known:
-            self._known = set(self.lake.list_tables())
-        for name in sorted(names & self._known):
+    def _bind(self, sql: str) -> list[str]:
+        """Bind every lake table named in `sql` to its latest version; return their names.
+
+        A word of the text that names a lake table is enough: binding one too many costs little,
+        and unlike DuckDB's own table-name extraction it needs no parse of a query whose tables
+        are not bound yet.
+        """
+        referenced = sorted(self._identifiers(sql) & (self._known or set()))
+        for name in referenced:
             self._bind_table(name)
+        return referenced
+
+    @staticmethod
+    def _identifiers(sql: str) -> set[str]:
+        return set(_IDENTIFIER.findall(sql))
+
+    def _columns(self, name: str) -> list[str]:
+        return list(self._con.sql(f"SELECT * FROM {quote(name)} LIMIT 0").columns)
 
     def _bind_table(self, name: str) -> None:
         snapshot = self.lake.parquet_snapshot(name) if isinstance(self.lake, _HasParquetSnapshot) else None
