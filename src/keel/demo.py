@@ -39,6 +39,7 @@ class Summary:
     jobs: list[dict[str, Any]]
     experiment: dict[str, Any]
     checks: list[dict[str, Any]]
+    processors: list[dict[str, Any]]
     rejected_requests: int
     problems: list[str] = field(default_factory=list)
 
@@ -69,23 +70,24 @@ class Simulator:
             raise RuntimeError(f"ingest into {stream} answered {r.status_code}: {r.text[:300]}")
 
     def browse(self, progress: Progress, hours: float = 2.0) -> None:
-        """Page views spread over the last `hours`, most in each user's liked category."""
-        task = progress.add_task("users browsing", total=len(self.users))
+        """Page views over the last `hours`, most in each user's liked category, sent in time order
+        as a live front end would (a few arrive late, as on any real network)."""
         now = datetime.now(timezone.utc)
-        pending: list[dict[str, Any]] = []
+        views: list[tuple[datetime, str, str]] = []
         for u in self.users:
             start = now - timedelta(hours=hours) + timedelta(seconds=self.rng.uniform(0, hours * 3600 - 900))
             for k in range(self.rng.randint(6, 14)):
                 cat = self.likes[u] if self.rng.random() < 0.8 else self.rng.randrange(CATEGORIES)
-                item = self.rng.choice(_items_in(cat))
-                ts = start + timedelta(seconds=20 * k)
-                pending.append({"user_id": u, "item_id": item, "ts": ts.isoformat()})
-            if len(pending) >= 1000:
-                self.post("page_views", pending)
-                pending = []
-            progress.advance(task)
-        if pending:
-            self.post("page_views", pending)
+                views.append((start + timedelta(seconds=20 * k), u, self.rng.choice(_items_in(cat))))
+        views.sort()
+        for i in range(len(views) // 100):  # a few events delayed by up to two minutes
+            j = self.rng.randrange(len(views) - 1)
+            views.insert(min(len(views), j + self.rng.randint(1, 400)), views.pop(j))
+        task = progress.add_task("users browsing", total=len(views))
+        for start in range(0, len(views), 1000):
+            chunk = views[start:start + 1000]
+            self.post("page_views", [{"user_id": u, "item_id": item, "ts": ts.isoformat()} for ts, u, item in chunk])
+            progress.advance(task, len(chunk))
 
     def shop(self, progress: Progress) -> None:
         """Each user asks for recommendations, and may buy one of them."""
@@ -162,7 +164,9 @@ def read_summary(rt: Runtime, platform: Platform, metrics_text: str) -> Summary:
     exp = {m: r for m, r in experiment_report(rt, "recs_v2").items()}
     rejected = sum(int(float(line.rsplit(" ", 1)[1])) for line in metrics_text.splitlines()
                    if line.startswith("keel_events_rejected_total"))
-    summary = Summary(acknowledged, tables, views, jobs, exp, run_checks(rt), rejected)
+    processors = [{k: row.get(k) for k in ("name", "events", "late", "dead_lettered")}
+                  for row in platform.status() if row["kind"] in ("processor", "aggregation")]
+    summary = Summary(acknowledged, tables, views, jobs, exp, run_checks(rt), processors, rejected)
     for stream, table in (("page_views", "page_views"), ("purchases", "purchases"), ("exposures", "exposures")):
         if tables.get(table, 0) != acknowledged.get(stream, -1):
             summary.problems.append(f"{table}: {tables.get(table, 0)} rows in the lake but {acknowledged.get(stream)} "
@@ -180,6 +184,7 @@ def print_summary(s: Summary, console: Console, seconds: float) -> None:
     console.rule("[bold]summary[/bold] (read back from the engines)")
     print_rows([{"stream": k, "events acknowledged": v} for k, v in s.acknowledged.items()], "bus")
     console.print(f"requests refused as invalid (nothing written): {s.rejected_requests}")
+    print_rows(s.processors, "processors (events read; late events counted and kept out of closed windows)")
     print_rows([{"table": k, "rows": v} for k, v in s.tables.items()], "lake")
     print_rows([{"view": k, "keys": v} for k, v in s.views.items()], "views")
     print_rows(s.jobs, "job runs")
