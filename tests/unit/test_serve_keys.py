@@ -10,7 +10,14 @@ from pathlib import Path
 import pytest
 
 from keel.errors import ConfigError, NotFoundError
-from keel.serve.keys import KeyRing, create_key, keys_path, list_keys, revoke_key, scope_allows
+from keel.serve.keys import (
+    KeyRing,
+    create_key,
+    keys_path,
+    list_keys,
+    revoke_key,
+    scope_allows,
+)
 
 
 def test_only_the_hash_is_stored_in_a_private_file(tmp_path: Path) -> None:

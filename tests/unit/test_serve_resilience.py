@@ -7,7 +7,13 @@ import asyncio
 import pytest
 
 from keel.errors import BackendError
-from keel.serve.resilience import Backend, BackendPolicy, CircuitBreaker, CircuitOpenError, RetryBudget
+from keel.serve.resilience import (
+    Backend,
+    BackendPolicy,
+    CircuitBreaker,
+    CircuitOpenError,
+    RetryBudget,
+)
 
 
 class Clock:

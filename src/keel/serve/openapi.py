@@ -14,7 +14,7 @@ import msgspec.inspect
 from keel.catalog import Catalog
 
 _ERROR = {"type": "object", "properties": {"error": {"type": "string"}, "errors": {"type": "array"}}}
-_SECURITY = [{"bearer": []}, {"apiKey": []}]
+_SECURITY: list[dict[str, list[str]]] = [{"bearer": []}, {"apiKey": []}]
 _SCHEMES = {"bearer": {"type": "http", "scheme": "bearer", "description": "a key from `keel keys create`"},
             "apiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key"}}
 _RETRY_AFTER = {"Retry-After": {"schema": {"type": "string"}, "description": "seconds to wait before retrying"}}
