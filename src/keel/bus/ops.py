@@ -1,0 +1,185 @@
+"""Operator commands over any bus (only the ``Bus`` Protocol): what ``keel status``, ``keel tail``
+and ``keel dlq`` call.
+
+Dead letters: a processor that cannot handle a record produces it to ``dlq_name(stream)`` with the
+record's key, value and timestamp and context headers (``error``, ``processor``, ``source_offset``,
+...). The records still *pending* are those after the committed offset of the group ``DLQ_GROUP``:
+
+* ``dlq_show`` lists pending dead letters without consuming them;
+* ``dlq_replay`` produces them back into the source stream (context headers removed, the original
+  ones kept) and then commits, so a crash in between replays a record twice, never zero times;
+* ``dlq_purge`` commits past them without replaying: they stay in the dead-letter stream (for the
+  record, until its retention) but are no longer pending.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import pyarrow as pa
+
+from keel.bus.base import Bus, Consumer, dlq_name
+
+DLQ_GROUP = "keel-dlq"
+CONTEXT_HEADERS = frozenset({"error", "error_class", "processor", "stage", "source_offset", "source_partition",
+                             "attempt", "schema_id", "failed_at"})
+
+
+@dataclass(frozen=True)
+class StreamSummary:
+    """One line of ``keel status``: a stream, its size and each group's lag."""
+
+    name: str
+    partitions: int
+    records: int  # retained records (end - start, summed over partitions)
+    end_offsets: dict[int, int]
+    lag: dict[str, int]  # group -> records not yet committed, summed over partitions
+    dead_letters_pending: int | None  # None for a dead-letter stream itself
+
+
+def list_streams(bus: Bus) -> list[StreamSummary]:
+    """Every stream with its size and the lag of every group that committed on it."""
+    out = []
+    names = bus.list_streams()
+    for name in names:
+        info = bus.describe(name)
+        pending = None
+        if dlq_name(name) in names:
+            pending = sum(bus.describe(dlq_name(name)).lag(DLQ_GROUP).values())
+        out.append(StreamSummary(
+            name=name,
+            partitions=info.config.partitions,
+            records=sum(p.end_offset - p.start_offset for p in info.partitions),
+            end_offsets={p.partition: p.end_offset for p in info.partitions},
+            lag={g: sum(info.lag(g).values()) for g in sorted(info.committed)},
+            dead_letters_pending=pending,
+        ))
+    return out
+
+
+def decode(batch: pa.RecordBatch) -> list[dict[str, object]]:
+    """Records as dicts for people: JSON values parsed, text decoded, other bytes kept as bytes."""
+    rows = batch.to_pylist()
+    for row in rows:
+        row["timestamp"] = int(row["timestamp"].timestamp() * 1000)
+        row["key"] = _text(row["key"])
+        value = row["value"]
+        try:
+            row["value"] = json.loads(value)
+        except ValueError:
+            row["value"] = _text(value)
+        row["headers"] = {k: _text(v) for k, v in (row["headers"] or [])}
+    return rows
+
+
+def _text(raw: bytes | None) -> object:
+    if raw is None:
+        return None
+    try:
+        return raw.decode()
+    except UnicodeDecodeError:
+        return raw
+
+
+def tail(bus: Bus, stream: str, last: int = 10, follow: bool = False, poll_timeout: float = 0.5,
+         give_up_after: float = 30.0) -> Iterator[dict[str, object]]:
+    """The `last` records of each partition (decoded), then, with `follow`, new ones as they come.
+
+    Reads through a throwaway group that never commits, so tailing changes nothing. Without
+    `follow` it stops once it has read what existed when it started (or after `give_up_after`
+    seconds without a record, if the engine cannot deliver them).
+    """
+    info = bus.describe(stream)
+    consumer = bus.consumer(stream, f"keel-tail-{uuid.uuid4().hex[:8]}", partitions=[p.partition for p in info.partitions])
+    try:
+        position, ends = {}, {}
+        for p in info.partitions:
+            position[p.partition] = max(p.start_offset, p.end_offset - last)
+            ends[p.partition] = p.end_offset
+            consumer.seek(p.partition, position[p.partition])
+        quiet_since = time.monotonic()
+        while follow or any(position[p] < ends[p] for p in ends):
+            batch = consumer.poll(10_000, timeout=poll_timeout)
+            if batch.num_rows == 0:
+                if not follow and time.monotonic() - quiet_since > give_up_after:
+                    return
+                continue
+            quiet_since = time.monotonic()
+            _advance(position, batch)
+            yield from decode(batch)
+    finally:
+        consumer.close()
+
+
+def _advance(position: dict[int, int], batch: pa.RecordBatch) -> None:
+    for p, o in zip(batch.column("partition").to_pylist(), batch.column("offset").to_pylist()):
+        position[p] = max(position.get(p, 0), o + 1)
+
+
+def _pending(bus: Bus, stream: str, limit: int | None, give_up_after: float = 30.0) -> tuple[Consumer, list[pa.RecordBatch]]:
+    """A DLQ_GROUP consumer of the dead-letter stream and the pending records (at most `limit`)."""
+    dlq = dlq_name(stream)
+    info = bus.describe(dlq)
+    start, end = info.partitions[0].start_offset, info.partitions[0].end_offset
+    position = max(start, info.committed.get(DLQ_GROUP, {}).get(0, start))
+    consumer = bus.consumer(dlq, DLQ_GROUP, partitions=[0])
+    batches: list[pa.RecordBatch] = []
+    got, quiet_since = 0, time.monotonic()
+    while position < end and (limit is None or got < limit) and time.monotonic() - quiet_since < give_up_after:
+        want = 10_000 if limit is None else min(10_000, limit - got)
+        batch = consumer.poll(want, timeout=0.2)
+        offsets = batch.column("offset").to_numpy()
+        batch = batch.filter(pa.array(offsets < end)) if batch.num_rows else batch
+        if batch.num_rows == 0:
+            continue
+        quiet_since = time.monotonic()
+        batches.append(batch)
+        got += batch.num_rows
+        position = int(batch.column("offset")[-1].as_py()) + 1
+    return consumer, batches
+
+
+def dlq_show(bus: Bus, stream: str, limit: int = 100) -> list[dict[str, object]]:
+    """Up to `limit` pending dead letters of `stream`, decoded (offsets are the DLQ's)."""
+    consumer, batches = _pending(bus, stream, limit)
+    consumer.close()
+    return [row for b in batches for row in decode(b)]
+
+
+def dlq_replay(bus: Bus, stream: str, limit: int | None = None) -> int:
+    """Produce pending dead letters back into `stream`, then mark them done; returns how many."""
+    consumer, batches = _pending(bus, stream, limit)
+    try:
+        done = 0
+        for batch in batches:
+            headers = [None if h is None else [(k, v) for k, v in h if k not in CONTEXT_HEADERS]
+                       for h in batch.column("headers").to_pylist()]
+            bus.produce(stream, pa.record_batch({
+                "key": batch.column("key"),
+                "value": batch.column("value"),
+                "timestamp": batch.column("timestamp"),
+                "headers": pa.array(headers, batch.schema.field("headers").type),
+            }))
+            consumer.commit({0: int(batch.column("offset")[-1].as_py()) + 1})
+            done += batch.num_rows
+        return done
+    finally:
+        consumer.close()
+
+
+def dlq_purge(bus: Bus, stream: str) -> int:
+    """Mark every pending dead letter of `stream` done without replaying it; returns how many."""
+    dlq = dlq_name(stream)
+    info = bus.describe(dlq)
+    end = info.partitions[0].end_offset
+    pending = info.lag(DLQ_GROUP)[0]
+    consumer = bus.consumer(dlq, DLQ_GROUP, partitions=[0])
+    try:
+        consumer.commit({0: end})
+    finally:
+        consumer.close()
+    return pending
