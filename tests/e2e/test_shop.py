@@ -73,7 +73,8 @@ def test_acknowledged_events_survive_kill_9_exactly_once(shop: Path) -> None:
             time.sleep(0.5)
     finally:
         proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=60) == 0
+        code = proc.wait(timeout=60)
+    assert code == 0, proc.stdout.read().decode() if proc.stdout else ""
     ids = lake_ids(shop, "page_views")
     assert sorted(ids) == sorted(acked)  # every acknowledged event, once each
 

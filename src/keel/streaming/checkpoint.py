@@ -61,6 +61,6 @@ def load_checkpoint(root: Path, name: str) -> Checkpoint | None:
     if not (folder / "checkpoint.json").exists():
         return None
     meta = json.loads((folder / "checkpoint.json").read_text())
-    state = pl.read_ipc(folder / meta["state"], memory_map=False)
+    state = pl.read_ipc(folder / meta["state"])
     return Checkpoint(state if state.width else None, meta["watermark_us"],
                       {int(p): int(o) for p, o in meta["offsets"].items()})
