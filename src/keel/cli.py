@@ -25,6 +25,8 @@ app = typer.Typer(help="keel: the data platform of a data-driven product.", no_a
                   pretty_exceptions_enable=False, add_completion=False)
 experiments_app = typer.Typer(help="A/B experiments.", no_args_is_help=True)
 app.add_typer(experiments_app, name="experiments")
+lake_app = typer.Typer(help="Lake table maintenance.", no_args_is_help=True)
+app.add_typer(lake_app, name="lake")
 keys_app = typer.Typer(help="API keys of the gateway (stored hashed in the project's state folder).", no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
 out = Console()
@@ -168,6 +170,22 @@ def run(job: Annotated[str, typer.Argument(help="the job to run")], project: Pro
     print_rows([{"job": result.task, "state": result.state, "attempts": result.attempts, "error": result.error}])
     if result.state != "success":
         raise typer.Exit(1)
+
+
+@lake_app.command("maintain")
+def lake_maintain(tables: Annotated[list[str] | None, typer.Argument(help="tables (default: those that need it)")] = None,
+                  project: ProjectOpt = Path("."), profile: ProfileOpt = None,
+                  all_tables: Annotated[bool, typer.Option("--all", help="every table, needed or not")] = False) -> None:
+    """Compact small files, vacuum unreferenced ones (7-day retention guard) and checkpoint."""
+    from keel.lake.maintain import maintain, needs_maintenance
+
+    lake = _runtime(project, profile).lake
+    names = tables or [t for t in lake.list_tables() if all_tables or needs_maintenance(lake.describe(t))]
+    if not names:
+        out.print("no table needs maintenance (use --all to force)")
+    shown = ("table", "files_before", "files_after", "files_vacuumed", "checkpoint_version", "seconds")
+    rows = [maintain(lake, name) for name in names]
+    print_rows([{k: r[k] for k in shown} for r in rows], "maintenance")
 
 
 @experiments_app.command("report")

@@ -62,13 +62,32 @@ def run_job(runtime: Any, job: Job, logical_date: datetime) -> int:
     return len(rows)
 
 
+MAINTENANCE_TASK = "keel_lake_maintenance"
+MAINTENANCE_SCHEDULE = "15 4 * * *"
+
+
+def maintain_lake(runtime: Any) -> list[str]:
+    """Compact, vacuum and checkpoint every lake table that needs it; return their names."""
+    from keel.lake.maintain import maintain, needs_maintenance
+
+    lake = runtime.lake
+    names = [t for t in lake.list_tables() if needs_maintenance(lake.describe(t))]
+    for name in names:
+        maintain(lake, name)
+    return names
+
+
 def scheduler_tasks(runtime: Any) -> list[Any]:
-    """The catalog's jobs as scheduler tasks, with upstream jobs from their inputs."""
+    """The catalog's jobs as scheduler tasks (upstream jobs from their inputs), plus the daily
+    maintenance of lake tables that need it."""
     from keel.jobs.base import Task
 
     upstream = runtime.catalog.job_upstream()
-    return [
+    tasks = [
         Task(name=j.name, schedule=j.schedule, run=(lambda d, j=j: run_job(runtime, j, d)),
              upstream=upstream.get(j.name, ()), retries=j.retries)
         for j in runtime.catalog.jobs.values()
     ]
+    tasks.append(Task(name=MAINTENANCE_TASK, schedule=MAINTENANCE_SCHEDULE, run=lambda d: maintain_lake(runtime),
+                      retries=1))
+    return tasks
