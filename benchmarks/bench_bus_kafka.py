@@ -28,8 +28,8 @@ import pyarrow as pa
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from keel.bus import StreamConfig, open_bus  # noqa: E402
-from keel.bus.kafka import KafkaBus  # noqa: E402
+from keel.bus import StreamConfig, open_bus
+from keel.bus.kafka import KafkaBus
 
 CLASSPATH = str(ROOT / ".cache" / "kafka" / "lib" / "*")
 JAVA = ["java", "-Xmx512m", "-cp", CLASSPATH]

@@ -122,7 +122,7 @@ class KafkaBroker:
         cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
         done = subprocess.run(
             self._java("kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(self.dir / "server.properties"), short=True),
-            capture_output=True, text=True, timeout=120,
+            capture_output=True, text=True, timeout=120, check=False,
         )
         if done.returncode != 0:
             raise KafkaUnavailable(f"kafka-storage format failed ({done.returncode}): {done.stderr[-2000:] or done.stdout[-2000:]}")
@@ -134,14 +134,11 @@ class KafkaBroker:
             return
         if not self._formatted:
             self._format()
-        log = open(self.log_path, "ab")
-        try:
+        with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(
                 self._java("kafka.Kafka", str(self.dir / "server.properties")),
                 stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
             )
-        finally:
-            log.close()
         self._wait_ready(timeout)
 
     def _wait_ready(self, timeout: float) -> None:

@@ -3,6 +3,7 @@ tests/contract/test_bus.py, which runs on Kafka too)."""
 
 from __future__ import annotations
 
+import threading
 import uuid
 import warnings
 from collections.abc import Iterator
@@ -14,7 +15,13 @@ import pyarrow as pa
 import pytest
 
 from keel.bus import open_bus
-from keel.bus.base import HEADERS_TYPE, TIMESTAMP_TYPE, StreamConfig, dlq_name, partition_for
+from keel.bus.base import (
+    HEADERS_TYPE,
+    TIMESTAMP_TYPE,
+    StreamConfig,
+    dlq_name,
+    partition_for,
+)
 from keel.bus.kafka import KafkaBus, KafkaDurabilityWarning
 from keel.errors import BackendError, ConflictError, NotFoundError, SchemaError
 from tests.harness import kafka as harness
@@ -134,6 +141,37 @@ def test_cooperative_rebalance_splits_partitions_between_members(bus: KafkaBus) 
         if first.assignment == [0, 1, 2, 3]:
             break
     assert first.assignment == [0, 1, 2, 3]
+
+
+def test_concurrent_produce_calls_each_get_their_own_offsets(bus: KafkaBus) -> None:
+    """Gateway threads produce at once; each call's offsets point at its own records."""
+    bus.create_stream(StreamConfig("ingest", partitions=1))
+    results: dict[int, list[tuple[bytes, int]]] = {}
+
+    def worker(t: int) -> None:
+        mine: list[tuple[bytes, int]] = []
+        for call in range(10):
+            payloads = [b"t%d-c%d-r%d" % (t, call, r) for r in range(1 + (t + call) % 7)]
+            produced = bus.produce("ingest", pa.table({"value": pa.array(payloads, pa.binary())}))
+            mine += list(zip(payloads, produced.offsets.tolist()))
+        results[t] = mine
+
+    threads = [threading.Thread(target=worker, args=(t,)) for t in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    claimed = dict(pair for mine in results.values() for pair in mine)
+    assert len(results) == 8
+    consumer = bus.consumer("ingest", "audit", partitions=[0])
+    stored: dict[int, bytes] = {}
+    for _ in range(100):
+        batch = consumer.poll(10_000, 0.5)
+        stored.update(zip(batch.column("offset").to_pylist(), batch.column("value").to_pylist()))
+        if len(stored) >= len(claimed):
+            break
+    assert len(stored) == len(claimed)
+    assert all(stored[offset] == payload for payload, offset in claimed.items())
 
 
 def test_produce_fails_and_acknowledges_nothing_while_the_broker_is_down(kafka_private_broker: KafkaBroker) -> None:

@@ -25,7 +25,7 @@ JOIN_TIMEOUT = 30.0
 
 def translate(exc: Exception, what: str) -> KeelError:
     """Map a confluent-kafka exception to keel's error categories, with what to do next."""
-    err = exc.args[0] if exc.args else None
+    err: Any = exc.args[0] if exc.args else None
     code = err.code() if hasattr(err, "code") else None
     text = err.str() if hasattr(err, "str") else str(exc)
     if code == 3:  # UNKNOWN_TOPIC_OR_PART
@@ -176,8 +176,8 @@ def _to_batch(msgs: list[Any]) -> pa.RecordBatch:
     for m in msgs:
         partitions.append(m.partition())
         offsets.append(m.offset())
-        kind, stamp = m.timestamp()
-        stamps.append(stamp if stamp >= 0 else 0)
+        _, stamp = m.timestamp()
+        stamps.append(max(stamp, 0))
         keys.append(m.key())
         values.append(m.value())
         headers.append(m.headers())

@@ -21,10 +21,11 @@ Options of ``open_kafka_bus``:
 from __future__ import annotations
 
 import logging
+import re
 import threading
 import time
 import warnings
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
@@ -32,22 +33,38 @@ import numpy as np
 import pyarrow as pa
 
 from keel.bus._kafka_consumer import KafkaConsumer, translate
-from keel.bus.base import PRODUCE_SCHEMA, PartitionInfo, Produced, StreamConfig, StreamInfo, dlq_name, partition_for
+from keel.bus._kafka_producer import Sender, as_produce_batch
+from keel.bus.base import (
+    PartitionInfo,
+    Produced,
+    StreamConfig,
+    StreamInfo,
+    dlq_name,
+    partition_for,
+)
 from keel.engines import require
-from keel.errors import BackendError, ConfigError, ConflictError, NotFoundError, SchemaError
+from keel.errors import BackendError, ConfigError, ConflictError, NotFoundError
 
 log = logging.getLogger("keel.bus.kafka")
 
 _ADMIN_TIMEOUT = 30.0
 _INTERNAL = "__"
+_TOPIC = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
 
 
 class KafkaDurabilityWarning(UserWarning):
     """A topic's replication settings cannot guarantee that an acknowledged event survives a broker loss."""
 
 
-_URL_OPTIONS = {"topic_prefix": str, "production": lambda v: v.lower() in ("1", "true", "yes"),
-                "replication_factor": int, "delivery_timeout_ms": int}
+def _flag(text: str) -> bool:
+    if text.lower() not in ("1", "true", "yes", "0", "false", "no"):
+        raise ValueError(text)
+    return text.lower() in ("1", "true", "yes")
+
+
+_URL_OPTIONS: dict[str, Callable[[str], Any]] = {
+    "topic_prefix": str, "production": _flag, "replication_factor": int, "delivery_timeout_ms": int,
+}
 
 
 def open_kafka_bus(url: str, **options: Any) -> KafkaBus:
@@ -99,7 +116,7 @@ class KafkaBus:
         self.replication_factor = replication_factor
         self._common: dict[str, Any] = {"bootstrap.servers": bootstrap, "logger": log, **(config or {})}
         self._admin = admin_mod.AdminClient(dict(self._common))
-        self._producer_config = {
+        self._sender = Sender(ck, {
             **self._common,
             "enable.idempotence": True,
             "acks": "all",
@@ -107,9 +124,8 @@ class KafkaBus:
             "delivery.timeout.ms": delivery_timeout_ms,
             "linger.ms": 5,
             "queue.buffering.max.messages": 500_000,
-        }
-        self._producer: Any = None
-        self._produce_lock = threading.Lock()
+        }, delivery_timeout_ms)
+        self._round_robin_lock = threading.Lock()
         self._partitions: dict[str, int] = {}
         self._round_robin: dict[str, int] = {}
         self._consumers: list[KafkaConsumer] = []
@@ -117,7 +133,13 @@ class KafkaBus:
     # -- names ---------------------------------------------------------------------------------
 
     def topic(self, stream: str) -> str:
-        return self.prefix + stream
+        name = self.prefix + stream
+        if not _TOPIC.match(name) or name in (".", ".."):
+            raise ConfigError(
+                f"stream name {stream!r} cannot be a Kafka topic ({name!r}): use letters, digits, '_', '-' and '.', "
+                "at most 249 characters with the topic prefix"
+            )
+        return name
 
     def _wait(self, futures: Mapping[Any, Any], what: str) -> dict[Any, Any]:
         out = {}
@@ -279,71 +301,17 @@ class KafkaBus:
 
     def produce(self, stream: str, batch: pa.RecordBatch | pa.Table) -> Produced:
         """Send every record and return once all are acknowledged by the in-sync replicas."""
-        batch = _as_produce_batch(batch)
+        batch = as_produce_batch(batch)
         count = self._partition_count(stream)
         n = batch.num_rows
         keys = batch.column("key") if "key" in batch.column_names else pa.nulls(n, pa.binary())
-        with self._produce_lock:
+        with self._round_robin_lock:
             start = self._round_robin.get(stream, 0)
-            partitions = partition_for(keys, count, start)
             self._round_robin[stream] = start + keys.null_count
-            if n == 0:
-                return Produced(partitions, np.empty(0, dtype=np.int64))
-            return Produced(partitions, self._send(self.topic(stream), batch, keys, partitions))
-
-    def _send(self, topic: str, batch: pa.Table, keys: pa.ChunkedArray | pa.Array, partitions: np.ndarray) -> np.ndarray:
-        if self._producer is None:
-            self._producer = self._ck.Producer(self._producer_config)
-        producer = self._producer
-        delivered_partitions: list[int] = []
-        delivered_offsets: list[int] = []
-        errors: list[Any] = []
-
-        def on_delivery(err: Any, msg: Any) -> None:
-            if err is not None:
-                errors.append(err)
-            else:
-                delivered_partitions.append(msg.partition())
-                delivered_offsets.append(msg.offset())
-
-        n = batch.num_rows
-        values = batch.column("value").to_pylist()
-        key_list = keys.to_pylist()
-        stamps = batch.column("timestamp").cast(pa.int64()).to_pylist() if "timestamp" in batch.column_names else [None] * n
-        headers = batch.column("headers").to_pylist() if "headers" in batch.column_names else [None] * n
-        send = producer.produce
-        try:
-            for value, key, partition, stamp, header in zip(values, key_list, partitions.tolist(), stamps, headers):
-                while True:
-                    try:
-                        send(topic, value, key, partition=partition, on_delivery=on_delivery, timestamp=stamp or 0, headers=header)
-                        break
-                    except BufferError:  # the local queue is full: let deliveries drain it
-                        producer.poll(0.05)
-            remaining = producer.flush()
-        except self._ck.KafkaException as exc:
-            self._reset_producer()
-            raise translate(exc, f"producing to {topic!r}") from exc
-        if errors or remaining or len(delivered_offsets) != n:
-            first = errors[0] if errors else None
-            if first is not None and first.fatal():
-                self._reset_producer()
-            raise BackendError(
-                f"producing to topic {topic!r}: {len(errors) or n - len(delivered_offsets)} of {n} records not acknowledged"
-                + (f" ({first.str()})" if first is not None else "")
-                + "; none of this batch counts as written: retry it (events carry ids, so a retry is safe to deduplicate)"
-            )
-        # With idempotence, records of one partition get offsets in the order they were produced.
-        offsets = np.empty(n, dtype=np.int64)
-        order = np.argsort(partitions, kind="stable")
-        got_p = np.asarray(delivered_partitions, dtype=np.int32)
-        got_o = np.asarray(delivered_offsets, dtype=np.int64)
-        offsets[order] = got_o[np.lexsort((got_o, got_p))]
-        return offsets
-
-    def _reset_producer(self) -> None:
-        """A fatal idempotence error poisons the producer: start a new one (new producer id) next time."""
-        self._producer = None
+        partitions = partition_for(keys, count, start)
+        if n == 0:
+            return Produced(partitions, np.empty(0, dtype=np.int64))
+        return Produced(partitions, self._sender.send(self.topic(stream), batch, keys.to_pylist(), partitions))
 
     # -- consume -------------------------------------------------------------------------------
 
@@ -376,9 +344,7 @@ class KafkaBus:
         for consumer in self._consumers:
             consumer.close()
         self._consumers.clear()
-        if self._producer is not None:
-            self._producer.flush(10)
-            self._producer = None
+        self._sender.close()
 
 
 def _limit(entry: Any) -> int | None:
@@ -386,24 +352,3 @@ def _limit(entry: Any) -> int | None:
         return None
     value = int(entry.value)
     return None if value < 0 else value
-
-
-def _as_produce_batch(batch: pa.RecordBatch | pa.Table) -> pa.Table:
-    """The batch as a Table of PRODUCE_SCHEMA's columns (cast), or SchemaError saying what is wrong."""
-    table = pa.Table.from_batches([batch]) if isinstance(batch, pa.RecordBatch) else batch
-    unknown = [c for c in table.column_names if c not in PRODUCE_SCHEMA.names]
-    if unknown or "value" not in table.column_names:
-        raise SchemaError(
-            f"a produced batch has columns {table.column_names}; it needs `value` (binary) and may have "
-            f"`key`, `timestamp`, `headers`" + (f", not {unknown}" if unknown else "")
-        )
-    columns = {}
-    for name in table.column_names:
-        target = PRODUCE_SCHEMA.field(name).type
-        try:
-            columns[name] = table.column(name).cast(target)
-        except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
-            raise SchemaError(f"column {name!r} of type {table.column(name).type} cannot be read as {target}") from exc
-    if columns["value"].null_count:
-        raise SchemaError(f"{columns['value'].null_count} records have a null value; every record needs value bytes")
-    return pa.table(columns)

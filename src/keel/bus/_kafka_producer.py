@@ -1,0 +1,166 @@
+"""The Kafka engine's producer: one idempotent librdkafka producer shared by concurrent produce calls.
+
+Each call hands its records to the producer and waits for *its own* delivery reports, so the
+gateway's many request threads share batches on the wire instead of queueing behind one another's
+flushes. A background thread serves the delivery reports.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from keel.bus.base import PRODUCE_SCHEMA
+from keel.errors import BackendError, SchemaError
+
+
+class _Call:
+    """The delivery reports of one produce call."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+        self.partitions: list[int] = []
+        self.offsets: list[int] = []
+        self.errors: list[Any] = []
+        self.done = threading.Event()
+        if n == 0:
+            self.done.set()
+
+    def on_delivery(self, err: Any, msg: Any) -> None:
+        # list.append is atomic, so reports served on several threads need no lock
+        if err is not None:
+            self.errors.append(err)
+        else:
+            self.partitions.append(msg.partition())
+            self.offsets.append(msg.offset())
+        if len(self.errors) + len(self.offsets) >= self.n:
+            self.done.set()
+
+
+class Sender:
+    """Sends batches through an idempotent ``acks=all`` producer; ``send`` returns their offsets."""
+
+    def __init__(self, ck: Any, config: Mapping[str, Any], delivery_timeout_ms: int) -> None:
+        self._ck = ck
+        self._config = dict(config)
+        # librdkafka reports every message by delivery.timeout.ms; the margin covers a slow report.
+        self._wait = delivery_timeout_ms / 1000 + 30
+        self._lock = threading.Lock()
+        self._producer: Any = None
+        self._retired: list[Any] = []
+        self._closed = threading.Event()
+        self._poller: threading.Thread | None = None
+
+    def _current(self) -> Any:
+        with self._lock:
+            if self._closed.is_set():
+                raise BackendError("the bus is closed: open it again to produce")
+            if self._producer is None:
+                self._producer = self._ck.Producer(self._config)
+            if self._poller is None:
+                self._poller = threading.Thread(target=self._serve_reports, name="keel-kafka-delivery", daemon=True)
+                self._poller.start()
+            return self._producer
+
+    def _serve_reports(self) -> None:
+        while not self._closed.is_set():
+            producer = self._producer
+            if producer is not None:
+                producer.poll(0.05)
+            else:
+                time.sleep(0.05)
+            for old in list(self._retired):
+                old.poll(0)
+                if len(old) == 0:
+                    self._retired.remove(old)
+
+    def _retire(self, producer: Any) -> None:
+        """A fatal idempotence error poisons a producer: the next call gets a new one (a new producer id)."""
+        with self._lock:
+            if self._producer is producer:
+                self._retired.append(producer)
+                self._producer = None
+
+    def send(self, topic: str, batch: pa.Table, keys: list[bytes | None], partitions: np.ndarray) -> np.ndarray:
+        producer = self._current()
+        n = batch.num_rows
+        call = _Call(n)
+        values = batch.column("value").to_pylist()
+        stamps = batch.column("timestamp").cast(pa.int64()).to_pylist() if "timestamp" in batch.column_names else [None] * n
+        headers = batch.column("headers").to_pylist() if "headers" in batch.column_names else [None] * n
+        send, report = producer.produce, call.on_delivery
+        try:
+            for value, key, partition, stamp, header in zip(values, keys, partitions.tolist(), stamps, headers):
+                while True:
+                    try:
+                        # timestamp 0 lets the producer stamp the record with the current time
+                        send(topic, value, key, partition=partition, on_delivery=report, timestamp=stamp or 0, headers=header)
+                        break
+                    except BufferError:  # the local queue is full: wait for deliveries to drain it
+                        time.sleep(0.005)
+        except self._ck.KafkaException as exc:
+            raise BackendError(
+                f"producing to {topic!r}: {exc.args[0].str() if exc.args else exc}; none of this batch counts "
+                "as written: retry it"
+            ) from exc
+        if not call.done.wait(self._wait):
+            raise BackendError(
+                f"producing to {topic!r}: no delivery report for {n - len(call.offsets)} of {n} records in "
+                f"{self._wait:.0f}s; none of this batch counts as written: check the brokers, then retry"
+            )
+        if call.errors:
+            first = call.errors[0]
+            if first.fatal():
+                self._retire(producer)
+            raise BackendError(
+                f"producing to {topic!r}: {len(call.errors)} of {n} records not acknowledged ({first.str()}); "
+                "none of this batch counts as written: retry it (events carry ids, so a retry can be deduplicated)"
+            )
+        # With idempotence, records of one partition get offsets in the order they were produced,
+        # also when other calls' records are interleaved with them.
+        offsets = np.empty(n, dtype=np.int64)
+        order = np.argsort(partitions, kind="stable")
+        got_p = np.asarray(call.partitions, dtype=np.int32)
+        got_o = np.asarray(call.offsets, dtype=np.int64)
+        offsets[order] = got_o[np.lexsort((got_o, got_p))]
+        return offsets
+
+    def close(self, timeout: float = 10.0) -> None:
+        with self._lock:
+            producer, self._producer = self._producer, None
+            self._closed.set()
+        if producer is not None:
+            producer.flush(timeout)
+        if self._poller is not None:
+            self._poller.join(timeout)
+
+
+def as_produce_batch(batch: pa.RecordBatch | pa.Table) -> pa.Table:
+    """The batch as a Table of PRODUCE_SCHEMA's columns (cast), or SchemaError saying what is wrong."""
+    if isinstance(batch, pa.RecordBatch):
+        table = pa.Table.from_batches([batch])
+    elif isinstance(batch, pa.Table):
+        table = batch
+    else:
+        raise SchemaError(f"produce takes a pyarrow RecordBatch or Table, not {type(batch).__name__}")
+    unknown = [c for c in table.column_names if c not in PRODUCE_SCHEMA.names]
+    if unknown or "value" not in table.column_names:
+        raise SchemaError(
+            f"produce got columns {table.column_names}: it takes {PRODUCE_SCHEMA.names} ('value' required)"
+            + (f"; unknown: {unknown}" if unknown else "")
+        )
+    columns = {}
+    for name in table.column_names:
+        target = PRODUCE_SCHEMA.field(name).type
+        try:
+            columns[name] = table.column(name).cast(target)
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError) as exc:
+            raise SchemaError(f"produce: column {name!r} of type {table.column(name).type} cannot be read as {target}") from exc
+    if columns["value"].null_count:
+        raise SchemaError(f"produce: {columns['value'].null_count} record(s) have a null value; every record needs one")
+    return pa.table(columns)
