@@ -7,12 +7,13 @@ of it reaches the bus.
 
 from __future__ import annotations
 
+import os
 import time
-import uuid
 from dataclasses import dataclass
 from typing import Any
 
 import msgspec
+import numpy as np
 import pyarrow as pa
 
 from keel.bus.base import HEADERS_TYPE, TIMESTAMP_TYPE
@@ -74,6 +75,38 @@ def _all_errors(schema: type[Event], body: bytes, ndjson: bool) -> list[dict[str
     return errors or [{"index": None, "field": None, "error": "no events in the body"}]
 
 
+def _event_ids(n: int) -> bytes:
+    """``n`` random UUID4s as 32 hex digits each, back to back, from one urandom call (uuid4() makes one
+    syscall per id, which was a third of the gateway's ingest time for batches of 1,000)."""
+    raw = np.frombuffer(os.urandom(16 * n), dtype=np.uint8).reshape(n, 16).copy()
+    raw[:, 6] = (raw[:, 6] & 0x0F) | 0x40  # version 4
+    raw[:, 8] = (raw[:, 8] & 0x3F) | 0x80  # RFC 4122 variant
+    return raw.tobytes().hex().encode()
+
+
+def _pairs(n: int, first: bytes, width: int, second: bytes) -> pa.Array:
+    """2n binary values: the ``width``-byte slices of ``first`` interleaved with ``second``, built
+    from buffers in one step rather than one Python object per value."""
+    w = width + len(second)
+    data = np.empty((n, w), dtype=np.uint8)
+    data[:, :width] = np.frombuffer(first, dtype=np.uint8).reshape(n, width)
+    data[:, width:] = np.frombuffer(second, dtype=np.uint8)
+    offsets = np.empty(2 * n + 1, dtype=np.int32)
+    starts = np.arange(n, dtype=np.int32) * w
+    offsets[0 : 2 * n : 2] = starts
+    offsets[1 : 2 * n : 2] = starts + width
+    offsets[2 * n] = n * w
+    return pa.Array.from_buffers(pa.binary(), 2 * n, [None, pa.py_buffer(offsets), pa.py_buffer(data)])
+
+
+def _headers(n: int, ids: bytes, version: bytes) -> pa.Array:
+    """The ``event_id`` and ``schema_version`` headers of n events, as a HEADERS_TYPE map column."""
+    keys = _pairs(n, b"event_id" * n, 8, b"schema_version").cast(pa.string())
+    values = _pairs(n, ids, 32, version)
+    headers = pa.MapArray.from_arrays(pa.array(np.arange(0, 2 * n + 1, 2, dtype=np.int32)), keys, values)
+    return headers if headers.type == HEADERS_TYPE else headers.cast(HEADERS_TYPE)
+
+
 def to_batch(events: list[Event], key_field: str | None, schema_version: int) -> tuple[pa.RecordBatch, list[str]]:
     """The bus batch of validated events: JSON values, keys, event times and headers."""
     n = len(events)
@@ -81,17 +114,15 @@ def to_batch(events: list[Event], key_field: str | None, schema_version: int) ->
     values = [_encode(e) for e in events]
     keys = None if key_field is None else [str(getattr(e, key_field)).encode() for e in events]
     stamps = [now_ms if e.ts is None else int(e.ts.timestamp() * 1000) for e in events]
-    ids = [uuid.uuid4().hex for _ in range(n)]
-    version = str(schema_version).encode()
-    header_keys = pa.array(["event_id", "schema_version"] * n, pa.string())
-    header_values = pa.array([v for eid in ids for v in (eid.encode(), version)], pa.binary())
-    headers = pa.MapArray.from_arrays(pa.array(range(0, 2 * n + 1, 2), pa.int32()), header_keys, header_values)
+    raw_ids = _event_ids(n)
+    text = raw_ids.decode()
+    ids = [text[i : i + 32] for i in range(0, 32 * n, 32)]
     batch = pa.record_batch(
         {
             "key": pa.array(keys, pa.binary()) if keys is not None else pa.nulls(n, pa.binary()),
             "value": pa.array(values, pa.binary()),
             "timestamp": pa.array(stamps, TIMESTAMP_TYPE),
-            "headers": headers.cast(HEADERS_TYPE),
+            "headers": _headers(n, raw_ids, str(schema_version).encode()),
         }
     )
     return batch, ids
