@@ -163,6 +163,7 @@ def test_for_conversions_welch_agrees_with_the_two_proportion_z_test() -> None:
     assert run(outcomes(c, t)).p_value == pytest.approx(2 * stats.norm.sf(abs(z)), abs=2e-3)
 
 
+@pytest.mark.slow  # hundreds of simulated experiments
 def test_a_a_tests_are_significant_about_five_percent_of_the_time() -> None:
     rng = np.random.default_rng(2024)
     false_positives = sum(
@@ -171,6 +172,7 @@ def test_a_a_tests_are_significant_about_five_percent_of_the_time() -> None:
     assert 0.02 <= false_positives / 400 <= 0.09
 
 
+@pytest.mark.slow  # hundreds of simulated experiments
 def test_relative_lift_interval_covers_the_truth_about_95_percent_of_the_time() -> None:
     rng = np.random.default_rng(11)
     covered = 0
