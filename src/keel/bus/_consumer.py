@@ -150,7 +150,7 @@ class FileConsumer:
 def _assemble(pieces: list[tuple[int, int, pa.RecordBatch]]) -> pa.RecordBatch:
     """One RECORD_SCHEMA batch from (partition, first offset, stored batch) pieces."""
     counts = [b.num_rows for _, _, b in pieces]
-    stored = pieces[0][2] if len(pieces) == 1 else pa.concat_batches([b for _, _, b in pieces])
+    stored = pa.concat_batches([b for _, _, b in pieces])  # always a copy: pieces view mapped segments
     partition = np.repeat(np.array([p for p, _, _ in pieces], dtype=np.int32), counts)
     offset = np.concatenate([np.arange(first, first + c, dtype=np.int64) for (_, first, _), c in zip(pieces, counts)])
     return pa.RecordBatch.from_arrays(

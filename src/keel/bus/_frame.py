@@ -5,7 +5,7 @@ A segment file is a sequence of frames, each a 64-byte header followed by its pa
     magic      4s  b"KLB\\x01"
     hdr_crc    u32 zlib.crc32 of the 56 header bytes after it
     length     u32 payload bytes
-    count      u32 records in the batch (> 0)
+    records    u32 records in the batch (> 0)
     base       i64 offset of the first record
     durable    i64 partition offset below which everything was fsync'd when this frame was written
     min_ts     i64 smallest record timestamp (ms since epoch)
@@ -55,7 +55,7 @@ STORED_SCHEMA = pa.schema(
 
 class Header(NamedTuple):
     length: int
-    count: int
+    records: int
     base: int
     durable: int
     min_ts: int
@@ -66,7 +66,7 @@ class Header(NamedTuple):
     @property
     def end(self) -> int:
         """The offset after this frame's last record."""
-        return self.base + self.count
+        return self.base + self.records
 
     @property
     def size(self) -> int:
@@ -75,9 +75,9 @@ class Header(NamedTuple):
 
 
 def pack_header(
-    length: int, count: int, base: int, durable: int, min_ts: int, max_ts: int, append_ms: int, payload_crc: int
+    length: int, records: int, base: int, durable: int, min_ts: int, max_ts: int, append_ms: int, payload_crc: int
 ) -> bytes:
-    body = _BODY.pack(length, count, base, durable, min_ts, max_ts, append_ms, payload_crc, 0)
+    body = _BODY.pack(length, records, base, durable, min_ts, max_ts, append_ms, payload_crc, 0)
     return MAGIC + _CRC.pack(zlib.crc32(body)) + body
 
 
@@ -90,7 +90,7 @@ def parse_header(buf: Buf, pos: int) -> Header | None:
         return None
     fields = _BODY.unpack_from(buf, pos + 8)
     header = Header(*fields[:8])
-    if header.count <= 0 or header.base < 0:
+    if header.records <= 0 or header.base < 0:
         return None
     return header
 
@@ -120,8 +120,8 @@ def decode(header: Header, payload: bytes | memoryview) -> pa.RecordBatch:
         batch = pa.ipc.read_record_batch(pa.py_buffer(payload), STORED_SCHEMA)
     except (pa.ArrowException, OSError) as exc:
         raise ValueError(f"payload is not an Arrow record batch: {exc}") from exc
-    if batch.num_rows != header.count:
-        raise ValueError(f"payload holds {batch.num_rows} records, header says {header.count}")
+    if batch.num_rows != header.records:
+        raise ValueError(f"payload holds {batch.num_rows} records, header says {header.records}")
     return batch
 
 

@@ -92,7 +92,8 @@ class Scan:
 
 def scan_segment(buf: _frame.Searchable, base: int, start: int = 0) -> Scan:
     """Check the frames of `buf` (a segment's bytes) from byte `start`, whose first offset is `base`."""
-    pos, expected, damaged, first_ms = start, base, [], None
+    pos, expected, first_ms = start, base, None
+    damaged: list[int] = []
     while pos < len(buf):
         header = _frame.parse_header(buf, pos)
         if header is not None and header.base == expected and _frame.payload_ok(header, buf, pos):

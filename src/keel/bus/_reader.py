@@ -2,9 +2,12 @@
 
 A cursor reads only below the partition's fsync'd watermark, so a consumer never sees a record
 that a power loss could still take back (and whose offset a later record could then reuse). It
-reads the segment in chunks of ``CHUNK`` bytes, checks each frame's header and payload CRC and
-turns the payload into Arrow without copying. A frame that fails a check raises CorruptDataError
-naming stream, partition and offset, and the next readable offset to ``seek`` to.
+maps the segment (read-only, remapped as it grows), checks each frame's header and payload CRC
+and turns the payload into Arrow without copying; the consumer copies the records out once when it
+assembles its batch, so no returned batch aliases a file. A frame that fails a check raises
+CorruptDataError naming stream, partition and offset, and the next readable offset to ``seek`` to.
+Only bytes below the watermark are ever looked at, and those never change (segments are
+append-only, and the torn tails that are cut off lie beyond it).
 
 Locating an offset (``seek``) walks the frame headers of one segment; ``offset_for_time`` walks
 the headers of every segment and uses their min/max timestamps, decoding only the frame that holds
@@ -26,8 +29,6 @@ from keel.bus._log import list_segments, segment_path
 from keel.bus._shared import SharedState
 from keel.errors import CorruptDataError
 
-CHUNK = 1 << 20
-
 
 class PartitionCursor:
     """The read position of one consumer in one partition."""
@@ -37,7 +38,8 @@ class PartitionCursor:
         self.position = position  # next offset to return
         self._seg, self._fd, self._size = -1, -1, 0
         self._pos = 0  # byte of the frame holding `position` in segment `_seg` (valid if _fd >= 0)
-        self._buf, self._buf_at = b"", 0
+        self._map: mmap.mmap | None = None
+        self._map_len = 0
 
     # --- positioning ----------------------------------------------------------------------------
 
@@ -52,7 +54,9 @@ class PartitionCursor:
     def _close_segment(self) -> None:
         if self._fd >= 0:
             os.close(self._fd)
-        self._seg, self._fd, self._buf, self._buf_at = -1, -1, b"", 0
+        # not closed: Arrow buffers may still view it; it is unmapped when the last one goes
+        self._map, self._map_len = None, 0
+        self._seg, self._fd = -1, -1
 
     def _open(self, base: int) -> bool:
         self._close_segment()
@@ -102,23 +106,31 @@ class PartitionCursor:
             pos, expected = pos + header.size, header.end
 
     def _resync(self, pos: int) -> tuple[int, _frame.Header] | None:
-        size = self._file_size()
-        if size <= pos:
-            return None
-        with mmap.mmap(self._fd, size, access=mmap.ACCESS_READ) as buf:
-            return _frame.find_next(buf, pos)
+        # read, not mapped: the search runs past the watermark, where an appender may be cutting off
+        # a torn tail, and touching a mapped page beyond the end of a file kills the process (SIGBUS)
+        rest = os.pread(self._fd, max(0, self._file_size() - pos), pos)
+        found = _frame.find_next(rest, 0) if rest else None
+        return (pos + found[0], found[1]) if found is not None else None
 
     def _file_size(self) -> int:
         return os.fstat(self._fd).st_size
 
+    def _remap(self, needed: int) -> bool:
+        """Map the whole segment if the mapping is shorter than `needed` bytes; False if the file is."""
+        if needed <= self._map_len:
+            return True
+        size = self._file_size()
+        if size < needed or size == 0:
+            return False
+        self._map, self._map_len = mmap.mmap(self._fd, size, access=mmap.ACCESS_READ), size
+        return True
+
     def _view(self, pos: int, n: int) -> memoryview | None:
-        """`n` bytes of the open segment at `pos` (through the chunk buffer), None if the file is shorter."""
-        rel = pos - self._buf_at
-        if rel < 0 or rel + n > len(self._buf):
-            self._buf, self._buf_at, rel = os.pread(self._fd, max(n, CHUNK), pos), pos, 0
-            if n > len(self._buf):
-                return None
-        return memoryview(self._buf)[rel : rel + n]
+        """`n` bytes of the open segment at `pos`, None if the file is shorter."""
+        if not self._remap(pos + n):
+            return None
+        assert self._map is not None
+        return memoryview(self._map)[pos : pos + n]
 
     # --- reading --------------------------------------------------------------------------------
 
@@ -129,8 +141,6 @@ class PartitionCursor:
         (they are returned; the next call raises).
         """
         bound = self.state.synced
-        # bytes read before `bound` was may be a crashed appender's garbage since rewritten: drop them
-        self._buf, self._buf_at = b"", 0
         out: list[tuple[int, pa.RecordBatch]] = []
         taken = 0
         while taken < max_records and self.position < bound:
@@ -172,12 +182,12 @@ class PartitionCursor:
         except ValueError as exc:
             raise self._corrupt(str(exc), self._pos) from exc
         skip = self.position - header.base
-        take = min(header.count - skip, limit, bound - self.position)
+        take = min(header.records - skip, limit, bound - self.position)
         first = self.position
         self.position += take
         if self.position == header.end:
             self._pos += header.size
-        return first, batch.slice(skip, take) if (skip or take < header.count) else batch
+        return first, batch.slice(skip, take) if (skip or take < header.records) else batch
 
     def _next_segment(self) -> bool:
         segments = list_segments(self.dir)

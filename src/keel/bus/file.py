@@ -295,6 +295,7 @@ class FileBus:
                 payload = frame.serialize()
                 end = plog.append(payload, zlib.crc32(payload), payload.size, frame.num_rows, int(ts.min()), int(ts.max()))
                 first = end - frame.num_rows if first is None else first
+            assert first is not None
             bases[p] = first
             pending.append((plog, end))
         for plog, end in pending:

@@ -19,6 +19,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import pyarrow as pa
 
@@ -61,9 +62,9 @@ def list_streams(bus: Bus) -> list[StreamSummary]:
     return out
 
 
-def decode(batch: pa.RecordBatch) -> list[dict[str, object]]:
+def decode(batch: pa.RecordBatch) -> list[dict[str, Any]]:
     """Records as dicts for people: JSON values parsed, text decoded, other bytes kept as bytes."""
-    rows = batch.to_pylist()
+    rows: list[dict[str, Any]] = batch.to_pylist()
     for row in rows:
         row["timestamp"] = int(row["timestamp"].timestamp() * 1000)
         row["key"] = _text(row["key"])
@@ -86,7 +87,7 @@ def _text(raw: bytes | None) -> object:
 
 
 def tail(bus: Bus, stream: str, last: int = 10, follow: bool = False, poll_timeout: float = 0.5,
-         give_up_after: float = 30.0) -> Iterator[dict[str, object]]:
+         give_up_after: float = 30.0) -> Iterator[dict[str, Any]]:
     """The `last` records of each partition (decoded), then, with `follow`, new ones as they come.
 
     Reads through a throwaway group that never commits, so tailing changes nothing. Without
@@ -143,7 +144,7 @@ def _pending(bus: Bus, stream: str, limit: int | None, give_up_after: float = 30
     return consumer, batches
 
 
-def dlq_show(bus: Bus, stream: str, limit: int = 100) -> list[dict[str, object]]:
+def dlq_show(bus: Bus, stream: str, limit: int = 100) -> list[dict[str, Any]]:
     """Up to `limit` pending dead letters of `stream`, decoded (offsets are the DLQ's)."""
     consumer, batches = _pending(bus, stream, limit)
     consumer.close()
