@@ -307,6 +307,66 @@ def test_two_bus_instances_append_to_one_partition_safely(root: Path, bus: FileB
     other.close()
 
 
+def test_producers_of_separate_bus_instances_share_fsyncs(root: Path, bus: FileBus, monkeypatch: pytest.MonkeyPatch) -> None:
+    # separate instances coordinate like separate processes: through flock and the shared state page only
+    bus.create_stream(StreamConfig("s"))
+    instances = [open_bus(f"file://{root}") for _ in range(6)]
+    state = bus.partition_log("s", 0).state
+    calls = [0]
+    real_fsync = os.fsync
+
+    def held_fsync(fd: int) -> None:
+        calls[0] += 1
+        if calls[0] == 1:  # the first leader's fsync lasts until the five others have appended
+            end = time.monotonic() + 30
+            while state.written_offset < 6 and time.monotonic() < end:
+                time.sleep(0.001)
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", held_fsync)
+    first = threading.Thread(target=lambda: instances[0].produce("s", values(1)))
+    first.start()
+    while calls[0] == 0:
+        time.sleep(0.001)
+    others = [threading.Thread(target=lambda b=b: b.produce("s", values(1))) for b in instances[1:]]
+    for t in others:
+        t.start()
+    for t in [first, *others]:
+        t.join()
+    monkeypatch.setattr(os, "fsync", real_fsync)
+    for b in instances:
+        b.close()
+    assert calls[0] == 2  # the five that queued behind the first fsync shared one
+    assert read_all(bus).column("offset").to_pylist() == list(range(6))
+
+
+def test_a_batch_split_into_several_frames_gets_contiguous_offsets(root: Path, bus: FileBus,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    import keel.bus.file as file_engine
+
+    monkeypatch.setattr(file_engine, "FRAME_BYTES", 300)  # a 50-record batch becomes ~10 frames
+    bus.create_stream(StreamConfig("s"))
+    other = open_bus(f"file://{root}")
+    produced: dict[str, list[int]] = {}
+
+    def produce(name: str, b: FileBus) -> None:
+        for i in range(10):
+            produced[f"{name}{i}"] = b.produce("s", values(50, f"{name}{i}-")).offsets.tolist()
+
+    threads = [threading.Thread(target=produce, args=(n, b)) for n, b in (("a", bus), ("b", other))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    other.close()
+    got = read_all(bus)
+    by_offset = dict(zip(got.column("offset").to_pylist(), got.column("value").to_pylist()))
+    for batch, offsets in produced.items():
+        assert offsets == list(range(offsets[0], offsets[0] + 50))
+        assert [by_offset[o] for o in offsets] == [f"{batch}-{i}".encode() for i in range(50)]
+    assert len(segments(root)) == 1 and got.num_rows == 1000
+
+
 PRODUCER = """
 import sys, pyarrow as pa
 from keel.bus import open_bus

@@ -22,7 +22,10 @@ def _empty() -> pa.RecordBatch:
 
 
 class FileConsumer:
-    """One member of a consumer group (see ``keel.bus.base.Consumer`` and ``_groups``)."""
+    """One member of a consumer group (see ``keel.bus.base.Consumer`` and ``_groups``).
+
+    Like a Kafka consumer it is meant for one thread; give each thread its own consumer.
+    """
 
     def __init__(
         self, bus: FileBus, stream: str, stream_dir: Path, partitions: int, group: str, pinned: list[int] | None

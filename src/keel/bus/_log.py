@@ -80,6 +80,18 @@ class Health:
 
 
 @dataclass(frozen=True)
+class Frame:
+    """A record batch ready to append: its Arrow IPC payload and what the header says about it."""
+
+    payload: object  # a buffer (pyarrow.Buffer)
+    crc: int
+    size: int
+    records: int
+    min_ts: int
+    max_ts: int
+
+
+@dataclass(frozen=True)
 class Scan:
     """What a check of a segment's frames found."""
 
@@ -188,20 +200,25 @@ class PartitionLog:
 
     # --- appending ------------------------------------------------------------------------------
 
-    def append(self, payload: object, payload_crc: int, size: int, count: int, min_ts: int, max_ts: int) -> int:
-        """Write one frame of `count` records and return its end offset (not yet fsync'd: see sync_to)."""
+    def append(self, frames: list[Frame]) -> tuple[int, int]:
+        """Write `frames` back to back and return (first offset, end offset); not yet fsync'd: see sync_to.
+
+        The frames of one call are contiguous: no other appender's frame comes between them.
+        """
         with self._append_lock:
             self.health.check()
             self._adopt_tail()
-            if self._bytes > 0 and (self._bytes + _frame.HEADER_SIZE + size > self.segment_bytes or self._too_old()):
-                self._roll()
-            base = self._offset
-            header = _frame.pack_header(size, count, base, self.state.synced, min_ts, max_ts, now_ms(), payload_crc)
-            self._write(header, payload, size, self._bytes)
-            self._bytes += _frame.HEADER_SIZE + size
-            self._offset = base + count
-            self.state.set_written(self._seg, self._offset, self._bytes)
-            return self._offset
+            first = self._offset
+            for f in frames:
+                if self._bytes > 0 and (self._bytes + _frame.HEADER_SIZE + f.size > self.segment_bytes or self._too_old()):
+                    self._roll()
+                base = self._offset
+                header = _frame.pack_header(f.size, f.records, base, self.state.synced, f.min_ts, f.max_ts, now_ms(), f.crc)
+                self._write(header, f.payload, f.size, self._bytes)
+                self._bytes += _frame.HEADER_SIZE + f.size
+                self._offset = base + f.records
+                self.state.set_written(self._seg, self._offset, self._bytes)
+            return first, self._offset
 
     def _too_old(self) -> bool:
         return self.roll_ms is not None and now_ms() - self.state.segment_created_ms >= self.roll_ms

@@ -44,7 +44,7 @@ import pyarrow.compute as pc
 
 from keel.bus import _frame
 from keel.bus._consumer import FileConsumer
-from keel.bus._log import Health, PartitionLog, list_segments, now_ms
+from keel.bus._log import Frame, Health, PartitionLog, list_segments, now_ms
 from keel.bus._shared import FileLock, fsync_dir
 from keel.bus.base import (
     DLQ_SUFFIX,
@@ -288,15 +288,13 @@ class FileBus:
         bases = np.zeros(nparts, dtype=np.int64)
         pending = []
         for p, sub, _ in groups:
+            frames = []
+            for piece in _split(sub):
+                ts = piece.column("timestamp").cast(pa.int64()).to_numpy()
+                payload = piece.serialize()
+                frames.append(Frame(payload, zlib.crc32(payload), payload.size, piece.num_rows, int(ts.min()), int(ts.max())))
             plog = self._log(st, p)
-            first = None
-            for frame in _split(sub):
-                ts = frame.column("timestamp").cast(pa.int64()).to_numpy()
-                payload = frame.serialize()
-                end = plog.append(payload, zlib.crc32(payload), payload.size, frame.num_rows, int(ts.min()), int(ts.max()))
-                first = end - frame.num_rows if first is None else first
-            assert first is not None
-            bases[p] = first
+            bases[p], end = plog.append(frames)
             pending.append((plog, end))
         for plog, end in pending:
             plog.sync_to(end)
