@@ -66,7 +66,7 @@ def test_payload_round_trips_through_arrow_ipc() -> None:
     }))
     data = frame(batch, 5, 0)
     header = _frame.parse_header(data, 0)
-    assert header is not None and header.base == 5 and header.count == 2 and header.end == 7
+    assert header is not None and header.base == 5 and header.records == 2 and header.end == 7
     assert _frame.payload_ok(header, data, 0)
     assert _frame.decode(header, data[_frame.HEADER_SIZE:]).equals(batch)
 
@@ -147,7 +147,7 @@ def _patch(data: bytes, positions: list[int], durables: list[int]) -> bytes:
         h = _frame.parse_header(bytes(out), pos)
         assert h is not None
         out[pos : pos + _frame.HEADER_SIZE] = _frame.pack_header(
-            h.length, h.count, h.base, durable, h.min_ts, h.max_ts, h.append_ms, h.payload_crc)
+            h.length, h.records, h.base, durable, h.min_ts, h.max_ts, h.append_ms, h.payload_crc)
     return bytes(out)
 
 
