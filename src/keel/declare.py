@@ -95,13 +95,33 @@ def session(gap: str | float) -> Window:
     return Window("session", seconds(gap) or 0.0)
 
 
+@dataclass(frozen=True)
+class Lookup:
+    """Enrich each micro-batch from a view before the processor's function: the view's value for
+    the key in column `on` (fields `fields`, or all), as columns named `prefix + field`."""
+
+    view: str
+    on: str
+    fields: tuple[str, ...] = ()
+    prefix: str = ""
+
+
+def lookup(view: View | str, *, on: str, fields: list[str] | tuple[str, ...] = (), prefix: str = "") -> Lookup:
+    return Lookup(view if isinstance(view, str) else view.name, on, tuple(fields), prefix)
+
+
 @dataclass(frozen=True, kw_only=True)
 class Processor(Declaration):
-    """A stream processor. `transform` (batch DataFrame -> DataFrame) is None for a plain landing."""
+    """A stream processor. `transform` (batch DataFrame -> DataFrame) is None for a plain landing.
+
+    With `state_key`, it is stateful: `transform(batch, state)` also gets a `KeyedState` keyed by
+    that column, checkpointed with its offsets (see `keel.streaming.state`)."""
 
     stream: Stream
     into: tuple[Table | View, ...]
     transform: Callable[..., Any] | None = None
+    state_key: str | None = None
+    lookups: tuple[Lookup, ...] = ()
     kind: str = field(default="processor", init=False)
 
 
@@ -208,13 +228,31 @@ def land(source: Stream, into: Table, *, name: str | None = None, owner: str = "
 
 
 def processor(source: Stream, *, into: list[Table | View] | Table | View, name: str | None = None,
-              owner: str = "", description: str = "") -> Callable[[Callable[..., Any]], Processor]:
-    """Declare a stateless processor: `fn(batch: polars.DataFrame) -> polars.DataFrame` per micro-batch."""
+              enrich: list[Lookup] | tuple[Lookup, ...] = (), owner: str = "",
+              description: str = "") -> Callable[[Callable[..., Any]], Processor]:
+    """Declare a stateless processor: `fn(batch: polars.DataFrame) -> polars.DataFrame` per micro-batch.
+    `enrich` adds columns looked up in views (`keel.lookup`) to the batch first."""
     targets = tuple(into) if isinstance(into, list) else (into,)
 
     def wrap(fn: Callable[..., Any]) -> Processor:
         return _declare(Processor, name=name or fn.__name__, stream=source, into=targets, transform=fn,
-                        owner=owner or source.owner, description=description or (fn.__doc__ or "").strip())
+                        lookups=tuple(enrich), owner=owner or source.owner,
+                        description=description or (fn.__doc__ or "").strip())
+
+    return wrap
+
+
+def stateful(source: Stream, *, key: str, into: list[Table | View] | Table | View, name: str | None = None,
+             enrich: list[Lookup] | tuple[Lookup, ...] = (), owner: str = "",
+             description: str = "") -> Callable[[Callable[..., Any]], Processor]:
+    """Declare a stateful processor: `fn(batch, state) -> polars.DataFrame`, where `state` is a
+    `KeyedState` keyed by column `key`, restored after a crash consistently with the offsets."""
+    targets = tuple(into) if isinstance(into, list) else (into,)
+
+    def wrap(fn: Callable[..., Any]) -> Processor:
+        return _declare(Processor, name=name or fn.__name__, stream=source, into=targets, transform=fn,
+                        state_key=key, lookups=tuple(enrich), owner=owner or source.owner,
+                        description=description or (fn.__doc__ or "").strip())
 
     return wrap
 

@@ -7,6 +7,7 @@ either the previous checkpoint or the new one, never a state that does not match
 
 from __future__ import annotations
 
+import io
 import json
 import os
 from dataclasses import dataclass
@@ -64,3 +65,75 @@ def load_checkpoint(root: Path, name: str) -> Checkpoint | None:
     state = pl.read_ipc(folder / meta["state"])
     return Checkpoint(state if state.width else None, meta["watermark_us"],
                       {int(p): int(o) for p, o in meta["offsets"].items()})
+
+
+# -- units: the state of a stateful processor with the outputs of its last commit (an outbox) -------
+
+UNIT_STATE = "state"
+
+
+@dataclass(frozen=True)
+class Unit:
+    """What a stateful processor has computed up to `offsets` (version = their sum).
+
+    `frames` holds the state frame(s) and the outputs of the commit that produced it (closed
+    windows, late events, view rows): recovery re-delivers those outputs, which is idempotent (lake
+    appends carry the version, view writes are versioned upserts), so a crash between the unit's
+    lake commits and its views can never lose or duplicate an output.
+    """
+
+    version: int
+    offsets: dict[int, int]
+    watermark_us: int | None
+    frames: dict[str, pl.DataFrame]
+
+
+def save_unit(root: Path, name: str, unit: Unit) -> str:
+    """Write a unit durably into its own folder (fsync'd files and folder); return the folder's name."""
+    folder = root / name
+    folder.mkdir(parents=True, exist_ok=True)
+    unit_dir = f"unit-{unit.version:020d}"
+    target = folder / unit_dir
+    target.mkdir(exist_ok=True)
+    for key, frame in unit.frames.items():
+        with open(target / f"{key}.arrow", "wb") as f:
+            frame.write_ipc(f)
+            f.flush()
+            os.fsync(f.fileno())
+    meta = {"version": unit.version, "watermark_us": unit.watermark_us, "frames": sorted(unit.frames),
+            "offsets": {str(p): o for p, o in unit.offsets.items()}}
+    _write_synced(target / "unit.json", json.dumps(meta).encode())
+    _fsync_dir(target)
+    _fsync_dir(folder)
+    return unit_dir
+
+
+def load_unit(root: Path, name: str, unit_dir: str) -> Unit:
+    target = root / name / unit_dir
+    meta = json.loads((target / "unit.json").read_text())
+    frames = {key: pl.read_ipc(io.BytesIO((target / f"{key}.arrow").read_bytes())) for key in meta["frames"]}
+    return Unit(int(meta["version"]), {int(p): int(o) for p, o in meta["offsets"].items()}, meta["watermark_us"], frames)
+
+
+def point_to_unit(root: Path, name: str, unit_dir: str, version: int) -> None:
+    """Make `unit_dir` the checkpoint (atomic replace of checkpoint.json), then drop older units."""
+    folder = root / name
+    _write_synced(folder / "checkpoint.json.tmp", json.dumps({"unit": unit_dir, "version": version}).encode())
+    os.replace(folder / "checkpoint.json.tmp", folder / "checkpoint.json")
+    _fsync_dir(folder)
+    for old in folder.glob("unit-*"):
+        if old.name < unit_dir and old.is_dir():
+            for f in old.iterdir():
+                f.unlink(missing_ok=True)
+            old.rmdir()
+
+
+def unit_pointer(root: Path, name: str) -> tuple[str, int] | None:
+    """The unit checkpoint.json names, with its version; None if there is none yet."""
+    path = root / name / "checkpoint.json"
+    if not path.exists():
+        return None
+    meta = json.loads(path.read_text())
+    if "unit" not in meta:
+        return None
+    return str(meta["unit"]), int(meta["version"])

@@ -1,38 +1,42 @@
 """Running one processor: poll a micro-batch, process it columnar, commit to its sinks.
 
-Exactly once into the lake: every lake append of a processor carries the writer id
-`<processor>` and, as its version, the sum of the next offsets of all partitions after the batch
-(it grows with every non-empty batch); the per-partition offsets go into the commit metadata. On
-start the runner seeks each partition to the offsets of its last lake commit, so a batch that was
-committed is never appended again, and one that was not is read again.
+The loop is here; what a batch does and how it commits exactly once depends on the processor:
 
-Views are written with versioned upserts (see `keel.kv.views`), so replays never regress them.
+* stateless (`keel.land`, `keel.processor`): `keel.streaming.stateless` — per-partition lake
+  writers with fencing, so several processes may share the stream's partitions;
+* stateful (`keel.aggregate`, `keel.stateful`): `keel.streaming.stateful` — state, offsets and
+  outputs committed as one durable unit; one process reads all partitions.
+
+Backpressure: a poll takes at most `max_records` records, so a batch's memory and time are
+bounded; a stateful processor cuts its commits adaptively (see `stateful`). A processor that
+falls behind simply lags on the bus (`keel status`, the `keel_stream_consumer_lag` metric),
+which is durable: nothing upstream is dropped or blocked.
+
 A batch whose user function raises is retried record by record; the records that still raise go
-to the stream's dead-letter stream with the error, and the rest go on.
+to the stream's dead-letter stream with the error, and the rest go on. `run` stops at `stop`
+after committing the batch in flight and whatever a stateful processor has pending.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
-import msgspec
 import polars as pl
 import pyarrow as pa
 
 from keel.bus import dlq_name
-from keel.declare import Aggregation, Processor, Table, View
+from keel.declare import Aggregation, Processor
 from keel.errors import KeelError
-from keel.streaming.checkpoint import load_checkpoint, save_checkpoint
-from keel.streaming.decode import to_events
-from keel.streaming.windows import WEND, WindowState
+from keel.monitor.streams import processor_metrics
+from keel.streaming.enrich import enrich
+from keel.streaming.stateful import StatefulEngine
+from keel.streaming.stateless import StatelessEngine
 
 log = logging.getLogger("keel.stream")
-FINAL_VERSION_BONUS = 999  # a closed window's view value outranks every running value of it
 
 
 @dataclass
@@ -46,91 +50,132 @@ class Stats:
     error: str | None = None
 
 
-class Runner:
-    """One processor or aggregation bound to a Runtime's engines."""
+def is_stateful(decl: Processor | Aggregation) -> bool:
+    return isinstance(decl, Aggregation) or getattr(decl, "state_key", None) is not None
 
-    def __init__(self, decl: Processor | Aggregation, runtime: Any, max_records: int = 50_000) -> None:
+
+class Runner:
+    """One processor or aggregation bound to a Runtime's engines (bus, lake, views, state_dir)."""
+
+    def __init__(self, decl: Processor | Aggregation, runtime: Any, max_records: int = 50_000,
+                 min_commit_seconds: float = 0.05) -> None:
         self.decl = decl
         self.rt = runtime
         self.max_records = max_records
         self.stats = Stats()
-        self.windows = WindowState(decl) if isinstance(decl, Aggregation) else None
-        self.closed_through_us = -1  # windows ending at or before this were emitted to the lake
         self.consumer: Any = None
-        self._created: set[str] = set()
+        self.watermark_us: int | None = None
+        self.metrics = processor_metrics(decl.name)
+        self.engine: StatefulEngine | StatelessEngine = (
+            StatefulEngine(self, min_commit_seconds=min_commit_seconds) if is_stateful(decl)
+            else StatelessEngine(self))
+        self._rate_mark = (time.monotonic(), 0)
+        self._lag_at = 0.0
 
     @property
     def writer(self) -> str:
         return self.decl.name
 
-    def _tables(self) -> list[Table]:
-        return [t for t in self.decl.into if isinstance(t, Table)]
-
-    def _views(self) -> list[View]:
-        return [v for v in self.decl.into if isinstance(v, View)]
-
     def start(self) -> None:
-        """Join the consumer group and seek to the last committed position."""
-        self.consumer = self.rt.bus.consumer(self.decl.stream.name, group=self.decl.name)
-        offsets: dict[int, int] = {}
-        for t in self._tables():
-            commit = self.rt.lake.writer_commit(t.name, self.writer) if t.name in self.rt.lake.list_tables() else None
-            if commit is not None:
-                meta = json.loads(commit.metadata.get("offsets", "{}"))
-                for p, o in meta.items():
-                    offsets[int(p)] = min(offsets.get(int(p), o), o)
-                self.closed_through_us = max(self.closed_through_us, int(commit.metadata.get("closed_through_us", -1)))
-        if self.windows is not None:
-            cp = load_checkpoint(self.rt.state_dir, self.decl.name)
-            if cp is not None:
-                self.windows.state, self.windows.watermark_us = cp.state, cp.watermark_us
-                offsets = cp.offsets  # the state is consistent with these offsets, not the lake's
-        for p, o in offsets.items():
-            if p in self.consumer.assignment:
-                self.consumer.seek(p, o)
-        self.stats.offsets = dict(offsets)
+        """Join the consumer group (a stateful processor takes every partition) and recover."""
+        stream = self.decl.stream
+        if is_stateful(self.decl):
+            count = len(self.rt.bus.describe(stream.name).partitions)
+            self.consumer = self.rt.bus.consumer(stream.name, group=self.decl.name, partitions=list(range(count)))
+        else:
+            self.consumer = self.rt.bus.consumer(stream.name, group=self.decl.name)
+        self.engine.recover()
 
     def step(self, timeout: float = 0.2) -> int:
         """Process at most one micro-batch; return how many records it held."""
         assert self.consumer is not None, "call start() first"
         batch = self.consumer.poll(self.max_records, timeout)
         if batch.num_rows == 0:
+            if isinstance(self.engine, StatefulEngine):
+                self.engine.flush()
+            else:
+                self.engine.sync()
+            self._observe_lag(force=False)
             return 0
         t0 = time.perf_counter()
-        next_offsets = dict(self.stats.offsets)
+        self.engine.process(batch)
+        elapsed = time.perf_counter() - t0
+        self.stats.events += batch.num_rows
+        self.stats.batches += 1
+        self.stats.last_batch_seconds = elapsed
+        self.stats.offsets = self._positions(batch)
+        self.metrics["events"].inc(batch.num_rows)
+        self.metrics["batches"].inc()
+        self.metrics["batch_seconds"].observe(elapsed)
+        self._observe_rate()
+        self._observe_lag(force=False)
+        return batch.num_rows
+
+    def _positions(self, batch: pa.RecordBatch) -> dict[int, int]:
+        out = dict(self.stats.offsets)
         parts = batch.column("partition").to_numpy()
         offs = batch.column("offset").to_numpy()
         for p in set(parts.tolist()):
-            next_offsets[p] = int(offs[parts == p].max()) + 1
-        version = sum(next_offsets.values())
-        events = to_events(batch, self.decl.stream.schema)
-        if self.windows is not None:
-            self._aggregate(events, next_offsets, version)
-        else:
-            out = self._transform(events, batch)
-            self._sink(out, next_offsets, version, {})
-        self.consumer.commit(next_offsets)
-        self.stats.offsets = next_offsets
-        self.stats.events += batch.num_rows
-        self.stats.batches += 1
-        self.stats.last_batch_seconds = time.perf_counter() - t0
-        return batch.num_rows
+            out[p] = int(offs[parts == p].max()) + 1
+        return out
 
-    def _transform(self, events: pl.DataFrame, batch: pa.RecordBatch) -> pl.DataFrame:
-        fn = self.decl.transform if isinstance(self.decl, Processor) else None
+    def _observe_rate(self) -> None:
+        now = time.monotonic()
+        since, events = self._rate_mark
+        if now - since >= 2.0:
+            self.metrics["events_per_s"].set((self.stats.events - events) / (now - since))
+            self._rate_mark = (now, self.stats.events)
+        if self.watermark_us is not None:
+            self.metrics["watermark_delay"].set(time.time() - self.watermark_us / 1e6)
+
+    def _observe_lag(self, force: bool) -> None:
+        now = time.monotonic()
+        if not force and now - self._lag_at < 5.0:
+            return
+        self._lag_at = now
+        try:
+            info = self.rt.bus.describe(self.decl.stream.name)
+        except KeelError:
+            return
+        mine = set(self.consumer.assignment) if self.consumer is not None else set()
+        lag = sum(max(0, p.end_offset - self.stats.offsets.get(p.partition, p.start_offset))
+                  for p in info.partitions if p.partition in mine)
+        self.metrics["lag"].set(lag)
+
+    def count_late(self, n: int) -> None:
+        self.stats.late += n
+        self.metrics["late"].inc(n)
+        log.info("%s: %d late event(s) routed to %s_late", self.decl.name, n, self.decl.name)
+
+    # -- the user's function -------------------------------------------------------------------
+
+    def transform(self, events: pl.DataFrame, raw: pa.RecordBatch | None = None,
+                  state: Any = None) -> pl.DataFrame:
+        """The processor's function over a batch (lookups first); failing records go to the DLQ."""
+        decl = self.decl
+        fn = decl.transform if isinstance(decl, Processor) else None
+        if isinstance(decl, Processor):
+            for lookup in decl.lookups:
+                events = enrich(events, self.rt.views, lookup)
         if fn is None:
             return events
+
+        def call(frame: pl.DataFrame) -> pl.DataFrame:
+            return pl.DataFrame(fn(frame) if state is None else fn(frame, state))
+
         try:
-            return pl.DataFrame(fn(events))
+            return call(events)
         except Exception:  # find the records that fail, dead-letter them, keep the rest
+            if raw is None or state is not None:
+                raise
             good, bad = [], []
             for i in range(events.height):
                 try:
-                    good.append(pl.DataFrame(fn(events.slice(i, 1))))
+                    good.append(call(events.slice(i, 1)))
                 except Exception as exc:  # noqa: BLE001 - any user error goes to the DLQ
                     bad.append((i, f"{type(exc).__name__}: {exc}"))
-            self._dead_letter(batch, bad)
-            return pl.concat(good, how="vertical_relaxed") if good else events.clear()
+            self._dead_letter(raw, bad)
+            return pl.concat(good, how="vertical_relaxed") if good else call(events.clear())
 
     def _dead_letter(self, batch: pa.RecordBatch, bad: list[tuple[int, str]]) -> None:
         if not bad:
@@ -144,75 +189,22 @@ class Runner:
                                "headers": pa.array(headers, pa.map_(pa.string(), pa.binary()))})
         self.rt.bus.produce(dlq_name(self.decl.stream.name), dlq)
         self.stats.dead_lettered += len(bad)
+        self.metrics["dead"].inc(len(bad))
         log.warning("%s: %d record(s) sent to %s", self.decl.name, len(bad), dlq_name(self.decl.stream.name))
 
-    def _aggregate(self, events: pl.DataFrame, next_offsets: dict[int, int], version: int) -> None:
-        assert self.windows is not None and isinstance(self.decl, Aggregation)
-        emitted = self.windows.update(events)
-        closed = emitted.closed.filter(pl.col(WEND).dt.epoch("us") > self.closed_through_us)
-        if closed.height:
-            self.closed_through_us = int(closed.select(pl.col(WEND).dt.epoch("us").max()).item())
-        meta = {"closed_through_us": str(self.closed_through_us)}
-        self._sink(closed, next_offsets, version, meta, views_from=(emitted.running, closed))
-        if emitted.late.height:
-            self.stats.late += emitted.late.height
-            log.warning("%s: %d late event(s) counted and kept out of closed windows", self.decl.name,
-                        emitted.late.height)
-        save_checkpoint(self.rt.state_dir, self.decl.name, self.windows.state, self.windows.watermark_us, next_offsets)
+    # -- the loop ------------------------------------------------------------------------------
 
-    def _sink(self, rows: pl.DataFrame, next_offsets: dict[int, int], version: int, meta: dict[str, str],
-              views_from: tuple[pl.DataFrame, pl.DataFrame] | None = None) -> None:
-        metadata = {"offsets": json.dumps({str(p): o for p, o in next_offsets.items()}), **meta}
-        data = rows.to_arrow()
-        for t in self._tables():
-            if t.name not in self._created:
-                self.rt.lake.create_table(t.name, data.schema, list(t.partition_by) or None)
-                self._created.add(t.name)
-            if rows.height:
-                self.rt.lake.append(t.name, data, writer=self.writer, version=version, metadata=metadata)
-        for v in self._views():
-            if views_from is not None:
-                self._window_views(v, *views_from)
-            else:
-                self._keyed_view(v, rows)
-
-    def _keyed_view(self, view: View, rows: pl.DataFrame) -> None:
-        key = getattr(self.decl, "key", None) or self.decl.stream.key
-        if key is None or rows.height == 0:
-            return
-        version = int(time.time() * 1000)
-        items = [(str(r.pop(key)), version, r) for r in rows.to_dicts()]
-        self.rt.views.upsert(view.name, items)
-
-    def _window_views(self, view: View, running: pl.DataFrame, closed: pl.DataFrame) -> None:
-        assert isinstance(self.decl, Aggregation)
-        by = self.decl.by
-        items = []
-        for frame, bonus in ((running, 0), (closed, FINAL_VERSION_BONUS)):
-            for r in frame.to_dicts():
-                ws, we = r.pop("window_start"), r.pop("window_end")
-                version = int(we.timestamp() * 1000) * 1000 + bonus
-                items.append((str(r[by]), version, {**r, "window_start": ws.isoformat(), "window_end": we.isoformat()}))
-        self.rt.views.upsert(view.name, items)
-        if self.decl.top and running.height:
-            self._top(view, running)
-
-    def _top(self, view: View, running: pl.DataFrame) -> None:
-        assert isinstance(self.decl, Aggregation) and self.decl.top
-        rank_by = next(iter(self.decl.measures))
-        latest = running.filter(pl.col("window_start") == pl.col("window_start").max())
-        best = latest.sort([rank_by, self.decl.by], descending=[True, False]).head(self.decl.top)
-        ws, we = best.get_column("window_start")[0], best.get_column("window_end")[0]
-        value = {"window_start": ws.isoformat(), "window_end": we.isoformat(),
-                 "items": msgspec.to_builtins(best.select(self.decl.by, rank_by).to_dicts())}
-        self.rt.views.upsert(view.name, [("_top", int(we.timestamp() * 1000) * 1000, value)])
+    def flush(self) -> None:
+        if isinstance(self.engine, StatefulEngine):
+            self.engine.flush()
 
     def run(self, stop: threading.Event) -> None:
-        """Process until `stop` is set; the batch in flight is finished and committed first."""
+        """Process until `stop` is set; the batch in flight and pending outputs are committed first."""
         try:
             self.start()
             while not stop.is_set():
                 self.step(timeout=0.2)
+            self.flush()
         except KeelError as exc:
             self.stats.error = str(exc)
             log.error("processor %s stopped: %s", self.decl.name, exc)

@@ -1,0 +1,198 @@
+"""Stateless processors (`keel.land`, `keel.processor`): per-partition exactly-once into the lake.
+
+Each partition p of the stream writes each lake table under its own writer id
+``<processor>/p<p>``, with version ``epoch << 40 | next offset of p`` (see `encode`). So
+processes sharing a stream's partitions through the consumer group never share a writer, and
+offsets of one partition alone decide what was committed.
+
+Fencing. A member that gets partition p (at start or on a rebalance) first commits an empty
+*fence* with epoch + 1 and then computes p's position: the greatest offset among the writer's
+commits from the one it read up to its fence. After the fence, a stale member (a "zombie" that
+lost p but still runs) commits with its old epoch, which is not greater: Delta's transaction
+check turns its append into a no-op (`append` returns False), and the zombie re-acquires p the
+same way, reseeking to the lake's position. A zombie commit that landed *before* the fence is
+counted by the scan, so the new owner starts after it: every record is in the lake once.
+
+Several tables: each keeps its own position; a batch is written to a table only from that
+table's position on (a crash between two tables' commits re-reads from the smaller one).
+Views get keyed, versioned upserts (at least once, idempotent). The consumer group's offsets are
+committed too, but only for `keel status`: the lake is the source of truth.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import numpy as np
+import polars as pl
+import pyarrow as pa
+
+from keel.declare import Processor, Table, View
+from keel.schema import table_schema
+from keel.streaming.decode import to_events
+from keel.streaming.sinks import keyed_view_rows, write_view_rows
+
+if TYPE_CHECKING:
+    from keel.streaming.runner import Runner
+
+log = logging.getLogger("keel.stream")
+SHIFT = 40
+OFFSET_MASK = (1 << SHIFT) - 1
+
+
+def encode(epoch: int, offset: int) -> int:
+    return (epoch << SHIFT) | offset
+
+
+def decode(version: int) -> tuple[int, int]:
+    return version >> SHIFT, version & OFFSET_MASK
+
+
+def writer_of(processor: str, partition: int) -> str:
+    return f"{processor}/p{partition}"
+
+
+@dataclass
+class Owned:
+    epoch: dict[str, int] = field(default_factory=dict)  # table -> epoch of our fence
+    position: dict[str, int] = field(default_factory=dict)  # table -> next offset committed
+
+
+class StatelessEngine:
+    def __init__(self, runner: Runner) -> None:
+        self.r = runner
+        self.decl: Processor = runner.decl  # type: ignore[assignment]
+        self.tables = [t for t in self.decl.into if isinstance(t, Table)]
+        self.views = [v for v in self.decl.into if isinstance(v, View)]
+        self.owned: dict[int, Owned] = {}
+        self.created = False
+
+    # -- ownership -----------------------------------------------------------------------------
+
+    def recover(self) -> None:
+        self.sync()
+
+    def _create_tables(self, schema: pa.Schema) -> None:
+        for t in self.tables:
+            self.r.rt.lake.create_table(t.name, schema, list(t.partition_by) or None)
+        self.created = True
+
+    def _ensure_tables(self) -> bool:
+        """Create the tables when their schema is known without data (always for a landing)."""
+        if self.created or not self.tables:
+            return self.created
+        if self.decl.transform is None:
+            self._create_tables(table_schema(self.decl.stream.schema))
+            return True
+        existing = set(self.r.rt.lake.list_tables())
+        if all(t.name in existing for t in self.tables):
+            self.created = True
+        else:
+            try:  # the output schema of the user's function on an empty batch
+                empty = pl.from_arrow(table_schema(self.decl.stream.schema).empty_table())
+                out = self.r.transform(empty)  # type: ignore[arg-type]
+                if out.width:
+                    self._create_tables(out.to_arrow().schema)
+            except Exception:  # noqa: BLE001 - no schema yet: tables are created by the first output
+                log.debug("%s: output schema unknown until the first batch", self.decl.name)
+        return self.created
+
+    def sync(self) -> None:
+        """Follow the consumer's assignment: acquire new partitions, forget revoked ones."""
+        now = set(self.r.consumer.assignment)
+        for p in list(self.owned):
+            if p not in now:
+                del self.owned[p]
+        for p in sorted(now - set(self.owned)):
+            self.acquire(p)
+
+    def acquire(self, p: int) -> None:
+        owned = Owned()
+        if self._ensure_tables():
+            for t in self.tables:
+                owned.epoch[t.name], owned.position[t.name] = self._fence(t.name, writer_of(self.decl.name, p))
+            self.r.consumer.seek(p, min(owned.position.values()))
+        self.owned[p] = owned
+
+    def _fence(self, table: str, writer: str) -> tuple[int, int]:
+        lake = self.r.rt.lake
+        empty = lake.describe(table).schema.empty_table()
+        while True:
+            seen = lake.writer_commit(table, writer)
+            epoch, position = decode(seen.version) if seen is not None else (0, 0)
+            if lake.append(table, empty, writer=writer, version=encode(epoch + 1, position), metadata={"fence": "1"}):
+                break
+        # a commit of the old epoch may have landed between our read and our fence: count it
+        for commit in lake.history(table, limit=200):
+            if commit.get("writer") != writer:
+                continue
+            v = int(commit["writer_version"])
+            if seen is not None and v == seen.version:
+                break
+            position = max(position, decode(v)[1])
+        return epoch + 1, position
+
+    # -- processing ----------------------------------------------------------------------------
+
+    def process(self, batch: pa.RecordBatch) -> int:
+        """Write one polled batch; return how many records were new (not already committed)."""
+        self.sync()
+        parts = batch.column("partition").to_numpy()
+        offs = batch.column("offset").to_numpy()
+        unknown = set(np.unique(parts).tolist()) - set(self.owned)
+        for p in unknown:  # fetched before we saw the assignment: acquire, reseek, drop its records
+            self.acquire(p)
+        keep = ~np.isin(parts, list(unknown)) if unknown else np.ones(len(parts), dtype=bool)
+        for p, owned in self.owned.items():
+            if owned.position:
+                keep &= ~((parts == p) & (offs < min(owned.position.values())))
+        if not keep.all():
+            batch = batch.filter(pa.array(keep))
+            parts, offs = parts[keep], offs[keep]
+        if batch.num_rows == 0:
+            return 0
+        events = to_events(batch, self.decl.stream.schema)
+        outputs = []
+        next_offsets: dict[int, int] = {}
+        for p in np.unique(parts).tolist():
+            mask = parts == p
+            sub = events if mask.all() else events.filter(pl.Series(mask))
+            sub_offs = offs[mask]
+            next_offsets[p] = int(sub_offs.max()) + 1
+            out = self.r.transform(sub, batch.filter(pa.array(mask)) if not mask.all() else batch)
+            outputs.append(out)
+            if self.tables and out.height and not self.created:
+                self._create_tables(out.to_arrow().schema)
+                self.acquire(p)  # fence now that the tables exist
+            self._commit_partition(p, sub, sub_offs, out, next_offsets[p])
+        out_all = pl.concat(outputs, how="diagonal_relaxed") if len(outputs) > 1 else outputs[0]
+        key = self.decl.stream.key
+        for v in self.views:
+            if key is not None:
+                write_view_rows(self.r.rt.views, v.name, keyed_view_rows(key, out_all))
+        self.r.consumer.commit(next_offsets)
+        return batch.num_rows
+
+    def _commit_partition(self, p: int, events: pl.DataFrame, offs: np.ndarray, out: pl.DataFrame, nxt: int) -> None:
+        owned = self.owned.get(p)
+        if owned is None or not self.created:
+            return
+        lake = self.r.rt.lake
+        for t in self.tables:
+            start = owned.position.get(t.name, 0)
+            rows = out
+            if start > int(offs.min()):  # this table is ahead of another: only its new records
+                rows = self.r.transform(events.filter(pl.Series(offs >= start)))
+            if nxt <= start:
+                continue
+            if rows.height:
+                data = rows.to_arrow()
+                ok = lake.append(t.name, data, writer=writer_of(self.decl.name, p),
+                                 version=encode(owned.epoch[t.name], nxt), metadata={"next_offset": str(nxt)})
+                if not ok:
+                    log.warning("%s: partition %d was fenced by another member; reacquiring it", self.decl.name, p)
+                    self.acquire(p)
+                    return
+            owned.position[t.name] = nxt
