@@ -290,7 +290,7 @@ class FileBus:
         for p, sub, _ in groups:
             frames = []
             for piece in _split(sub):
-                ts = piece.column("timestamp").cast(pa.int64()).to_numpy()
+                ts = piece.column("timestamp").view(pa.int64()).to_numpy()
                 payload = piece.serialize()
                 frames.append(Frame(payload, zlib.crc32(payload), payload.size, piece.num_rows, int(ts.min()), int(ts.max())))
             plog = self._log(st, p)
@@ -413,9 +413,12 @@ def normalize(batch: pa.RecordBatch | pa.Table) -> pa.RecordBatch:
     value = column("value", pa.binary())
     if value.null_count:
         raise SchemaError(f"produce: {value.null_count} record(s) have a null value; every record needs one")
-    ts = column("timestamp", TIMESTAMP_TYPE)
-    if ts.null_count:
-        ts = pc.fill_null(ts, pa.scalar(now_ms(), TIMESTAMP_TYPE))
+    if "timestamp" not in names:  # the common case: the append time (built as int64: 30x cheaper than fill_null)
+        ts = pa.array(np.full(n, now_ms(), dtype=np.int64)).view(TIMESTAMP_TYPE)
+    else:
+        ts = column("timestamp", TIMESTAMP_TYPE)
+        if ts.null_count:
+            ts = pc.fill_null(ts, pa.scalar(now_ms(), TIMESTAMP_TYPE))
     return pa.RecordBatch.from_arrays(
         [column("key", pa.binary()), value, ts, column("headers", HEADERS_TYPE)], schema=_frame.STORED_SCHEMA
     )
