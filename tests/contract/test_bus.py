@@ -378,3 +378,12 @@ def test_a_pinned_consumer_commits_and_resumes(bus: Bus, stream: str) -> None:
     again = bus.consumer(stream, g, partitions=[p])
     assert again.poll(timeout=0.3).num_rows == 0
     again.close()
+
+
+def test_committing_or_seeking_an_unassigned_partition_conflicts(bus: Bus, stream: str) -> None:
+    consumer = bus.consumer(stream, group(), partitions=[0])
+    with pytest.raises(ConflictError):
+        consumer.commit({1: 0})
+    with pytest.raises(ConflictError):
+        consumer.seek(2, 0)
+    consumer.close()

@@ -98,10 +98,15 @@ class Consumer(Protocol):
       waiting up to ``timeout`` seconds for at least one; an empty batch after the timeout.
       Records of one partition come in offset order. A corrupt stored record raises
       ``CorruptDataError`` naming stream, partition and offset; it is never returned.
+    * Only durable (acknowledged-grade) records are returned, so no record a consumer saw can be
+      lost by a crash and its offset reused.
     * Nothing is committed implicitly. ``commit`` durably stores, per partition, the next offset to
-      read; a restarted member of the group resumes there (or at the partition's start).
+      read; a restarted member of the group resumes there (or at the partition's start). A
+      position that retention has deleted resumes at the partition's start.
     * ``seek`` moves the read position of one assigned partition; ``seek_time`` moves every
       assigned partition to the first record whose timestamp is >= the given time (ms since epoch).
+    * Committing or seeking a partition that is not in ``assignment`` raises ``ConflictError``
+      (the group may have moved it to another member).
     """
 
     @property
