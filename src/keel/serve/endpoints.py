@@ -4,9 +4,10 @@ logging, a time limit and the declared fallback.
 A handler reads views through ``req.view(name).get(key)``; those reads go through the kv
 backend's breaker and retry budget. When the handler fails on a backend (`BackendError`, an open
 breaker) or runs past ``endpoint_timeout``, the endpoint's ``fallback`` (if declared) answers
-instead, within what is left of the request's time; the answer carries ``X-Keel-Fallback: 1`` and
-no exposure is logged (the unit did not see its variant). Without a fallback the answer is 503
-with Retry-After.
+instead, within what is left of the request's time; the answer carries ``X-Keel-Fallback: 1``.
+Without a fallback the answer is 503 with Retry-After. Under an experiment, each answered request
+logs one exposure of its assigned variant, whether the handler or the fallback answered (intent to
+treat), after the answer is computed; a bus failure there answers 503.
 """
 
 from __future__ import annotations
@@ -60,29 +61,33 @@ def endpoint_handler(runtime: Any, ep: Endpoint, kv: Backend, bus: Backend, exec
     exp = ep.experiment
     fallback = getattr(ep, "fallback", None)
 
-    def primary(params: dict[str, str], query: dict[str, str]) -> Any:
+    def primary(params: dict[str, str], query: dict[str, str], variant: str | None) -> Any:
         req = EndpointRequest(params, query, runtime, kv)
-        if exp is None:
-            return ep.handler(req)
-        unit = params.get(exp.unit) or query.get(exp.unit)
-        if not unit:
-            raise ValidationError([{"index": None, "field": exp.unit, "error": "required to assign a variant"}])
-        variant = assign_one(exp.name, unit, exp.variants)
-        result = ep.handler(req, variant)
-        exposure = Exposure(experiment=exp.name, variant=variant, unit=unit, endpoint=ep.name)
-        batch, _ = to_batch([exposure], "unit", Exposure.schema_version)
-        bus.call_sync(lambda: runtime.bus.produce(EXPOSURES, batch))
-        return {"variant": variant, **result} if isinstance(result, dict) else result
+        return ep.handler(req) if variant is None else ep.handler(req, variant)
 
     def secondary(params: dict[str, str], query: dict[str, str]) -> Any:
         assert fallback is not None
         return fallback(EndpointRequest(params, query, runtime, kv))
 
+    def expose(variant: str, unit: str) -> None:
+        assert exp is not None
+        exposure = Exposure(experiment=exp.name, variant=variant, unit=unit, endpoint=ep.name)
+        batch, _ = to_batch([exposure], "unit", Exposure.schema_version)
+        bus.call_sync(lambda: runtime.bus.produce(EXPOSURES, batch))
+
     async def handle(request: Request) -> Response:
         loop = asyncio.get_running_loop()
         params, query = dict(request.path_params), dict(request.query_params)
+        variant = unit = None
+        if exp is not None:
+            unit = params.get(exp.unit) or query.get(exp.unit)
+            if not unit:
+                return json_response({"error": "bad request", "errors": [
+                    {"index": None, "field": exp.unit, "error": "required to assign a variant"}]}, 400)
+            variant = assign_one(exp.name, unit, exp.variants)
+        headers: dict[str, str] = {}
         try:
-            result = await asyncio.wait_for(loop.run_in_executor(executor, primary, params, query), timeout)
+            result = await asyncio.wait_for(loop.run_in_executor(executor, primary, params, query, variant), timeout)
         except ValidationError as exc:
             return json_response({"error": "bad request", "errors": exc.errors}, 400)
         except (BackendError, TimeoutError) as exc:
@@ -95,10 +100,14 @@ def endpoint_handler(runtime: Any, ep: Endpoint, kv: Backend, bus: Backend, exec
                 return unavailable(f"{_why(ep, exc, timeout)}; its fallback failed too: {exc2}",
                                    exc2.retry_after if isinstance(exc2, CircuitOpenError) else 1)
             on_fallback()
-            response = json_response(result)
-            response.headers["x-keel-fallback"] = "1"
-            return response
-        return json_response(result)
+            headers["x-keel-fallback"] = "1"
+        if variant is not None and unit is not None:
+            # one exposure per answered request, by assignment (intent to treat), fallback or not:
+            # dropping the units whose answer fell back would bias the experiment's analysis
+            await loop.run_in_executor(executor, expose, variant, unit)
+            if isinstance(result, dict) and not headers:
+                result = {"variant": variant, **result}
+        return json_response(result, headers=headers)
 
     return handle
 
