@@ -158,6 +158,19 @@ def test_a_torn_update_of_the_shared_state_is_repaired_from_disk(root: Path, bus
     assert read_all(bus).num_rows == 5
 
 
+def test_a_roll_that_died_before_creating_its_segment_is_completed(root: Path, bus: FileBus) -> None:
+    bus.create_stream(StreamConfig("s"))
+    bus.produce("s", values(4))
+    other = open_bus(f"file://{root}")  # another "process" rolls: publishes segment 4, dies before creating it
+    state = other.partition_log("s", 0).state
+    state.set_written(4, 4, 0)
+    other.close()
+    assert [seg.name for seg in segments(root)] == [f"{0:020d}.seg"]
+    assert bus.produce("s", values(3, "w")).offsets.tolist() == [4, 5, 6]
+    assert [seg.name for seg in segments(root)] == [f"{0:020d}.seg", f"{4:020d}.seg"]
+    assert read_all(bus).column("value").to_pylist() == [b"v0", b"v1", b"v2", b"v3", b"w0", b"w1", b"w2"]
+
+
 # -- segments and retention -----------------------------------------------------------------------
 
 
