@@ -188,6 +188,23 @@ def lake_maintain(tables: Annotated[list[str] | None, typer.Argument(help="table
     print_rows([{k: r[k] for k in shown} for r in rows], "maintenance")
 
 
+@app.command()
+def replay(processor: Annotated[str, typer.Argument(help="the processor or aggregation to rebuild")],
+           start: Annotated[str, typer.Option("--from", help="an offset (every partition) or an ISO 8601 time")],
+           project: ProjectOpt = Path("."), profile: ProfileOpt = None) -> None:
+    """Rebuild a processor's tables and views from the bus history (stop the processor first)."""
+    from keel.streaming.replay import replay as run_replay
+
+    rt = _runtime(project, profile)
+    when = None if start.isdigit() else datetime.fromisoformat(start.replace("Z", "+00:00"))
+    with out.status(f"replaying {processor} ...") as status:
+        result = run_replay(rt, processor, from_offset=int(start) if start.isdigit() else None, from_time=when,
+                            progress=lambda n: status.update(f"replaying {processor}: {n:,} records"))
+    print_rows([{"processor": result.processor, "records": result.records,
+                 "tables": ", ".join(f"{k}={v} rows" for k, v in result.tables.items()) or "-",
+                 "resumes at": ", ".join(f"p{p}:{o}" for p, o in sorted(result.end_offsets.items()))}], "replay")
+
+
 @experiments_app.command("report")
 def experiments_report(name: Annotated[str, typer.Argument(help="the experiment")], project: ProjectOpt = Path("."),
                        profile: ProfileOpt = None) -> None:

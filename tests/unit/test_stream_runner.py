@@ -235,3 +235,26 @@ def test_a_fenced_member_cannot_commit_and_the_new_owner_starts_after_its_last_c
     again.consumer.close()
     got = lake.read("clicks", columns=["event_id"]).column("event_id").to_pylist()
     assert sorted(got) == sorted(f"e{i}" for i in range(40))
+
+
+def test_replay_rebuilds_a_table_without_duplicates_and_moves_the_position(shop: Any) -> None:
+    from keel.streaming.replay import replay
+
+    ids = produce(shop.rt, "clicks", [(f"u{i % 7}", "i", i) for i in range(120)])
+    runner = Runner(shop.land, shop.rt, max_records=50)
+    runner.start()
+    drain(runner, 120)
+    runner.consumer.close()
+    shop.rt.lake.delete("clicks", "event_id < 'e5'")  # damage the table
+    shop.rt.catalog = SimpleNamespace(processors={"land_clicks": shop.land})
+    result = replay(shop.rt, "land_clicks", from_offset=0)
+    assert result.records == 120
+    got = shop.rt.lake.read("clicks", columns=["event_id"]).column("event_id").to_pylist()
+    assert sorted(got) == sorted(ids)
+    more = produce(shop.rt, "clicks", [("u1", "i", 500)], start=1000)
+    again = Runner(shop.land, shop.rt)
+    again.start()
+    drain(again, 1)
+    again.consumer.close()
+    got = shop.rt.lake.read("clicks", columns=["event_id"]).column("event_id").to_pylist()
+    assert sorted(got) == sorted(ids + more)

@@ -170,9 +170,9 @@ class StatefulEngine:
             self.offsets = dict(unit.offsets)
             self._deliver(unit, unit_dir)
             point_to_unit(rt.state_dir, self.decl.name, unit_dir, unit.version)
-        for p, o in self.offsets.items():
-            if p in self.r.consumer.assignment:
-                self.r.consumer.seek(p, o)
+        # no unit yet: from the start of the stream (the group's committed offsets are only for status)
+        for p in self.r.consumer.assignment:
+            self.r.consumer.seek(p, self.offsets.get(p, 0))
 
     # -- processing ----------------------------------------------------------------------------
 
