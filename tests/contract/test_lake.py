@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Iterator
-from datetime import date, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta
 
 import pyarrow as pa
 import pytest
@@ -25,7 +25,7 @@ DAY = date(2024, 3, 1)
 
 def events(n: int, *, first: int = 0, day: date = DAY, users: int = 5) -> pa.Table:
     """`n` shop events; user u{i % users}, item i{i}, one second apart from `day` midnight."""
-    start = datetime(day.year, day.month, day.day, tzinfo=timezone.utc)
+    start = datetime(day.year, day.month, day.day, tzinfo=UTC)
     ids = range(first, first + n)
     return pa.table({
         "user_id": [f"u{i % users}" for i in ids],
@@ -78,7 +78,7 @@ def test_create_is_idempotent_and_keeps_the_first_schema(lake: Lake) -> None:
 
 
 def test_describe_counts_rows_files_and_partitions(lake: Lake, shop: str) -> None:
-    before = datetime.now(timezone.utc) - timedelta(seconds=5)
+    before = datetime.now(UTC) - timedelta(seconds=5)
     lake.append(shop, events(10))
     lake.append(shop, events(4, first=10, day=DAY + timedelta(days=1)))
     info = lake.describe(shop)
@@ -127,7 +127,7 @@ def test_dataset_scans_the_current_version(lake: Lake, shop: str) -> None:
 def test_time_travel_by_version_and_by_timestamp(lake: Lake, shop: str) -> None:
     lake.append(shop, events(3))
     time.sleep(1.1)  # object stores list modification times to the second
-    between = datetime.now(timezone.utc)
+    between = datetime.now(UTC)
     time.sleep(1.1)
     lake.append(shop, events(4, first=3))
     assert lake.read(shop, version=1).num_rows == 3

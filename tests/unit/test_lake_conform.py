@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pyarrow as pa
 import pytest
@@ -64,11 +64,11 @@ def test_new_columns_are_appended_as_nullable_stored_types() -> None:
 
 
 def test_lossless_casts_are_made() -> None:
-    ns = pa.array([datetime(2024, 1, 1, 12, tzinfo=timezone.utc)], pa.timestamp("ns", tz="Asia/Tokyo"))
+    ns = pa.array([datetime(2024, 1, 1, 12, tzinfo=UTC)], pa.timestamp("ns", tz="Asia/Tokyo"))
     data = pa.table({"id": pa.array([7], pa.int8()), "name": pa.array(["a"], pa.large_string()), "ts": ns})
     shaped, _ = conform(data, TABLE, "t")
     assert shaped.schema == TABLE
-    assert shaped.to_pylist() == [{"id": 7, "name": "a", "ts": datetime(2024, 1, 1, 12, tzinfo=timezone.utc)}]
+    assert shaped.to_pylist() == [{"id": 7, "name": "a", "ts": datetime(2024, 1, 1, 12, tzinfo=UTC)}]
 
 
 @pytest.mark.parametrize(("data", "message"), [

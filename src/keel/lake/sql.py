@@ -14,9 +14,9 @@ lake's pyarrow dataset.
 from __future__ import annotations
 
 import re
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from types import TracebackType
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Protocol, Self, runtime_checkable
 
 import pyarrow as pa
 
@@ -47,7 +47,7 @@ class SqlSession:
 
         self._duckdb = duckdb
         self.lake = lake
-        config = {"threads": threads} if threads else {}
+        config: dict[str, str | bool | int | float | list[str]] = {"threads": threads} if threads else {}
         self._con = duckdb.connect(config=config)
         self._con.execute("SET TimeZone = 'UTC'")
         self._bound: dict[str, tuple[str, int | None]] = {}  # table -> (how, version)
@@ -96,7 +96,7 @@ class SqlSession:
     def close(self) -> None:
         self._con.close()
 
-    def __enter__(self) -> SqlSession:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
@@ -164,7 +164,7 @@ def tables_summary(lake: Lake) -> list[dict[str, Any]]:
     """One row per lake table: rows, size, files, version, last commit, freshness, maintenance due."""
     from keel.lake.maintain import needs_maintenance
 
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     rows: list[dict[str, Any]] = []
     for name in lake.list_tables():
         info = lake.describe(name)
