@@ -23,6 +23,7 @@ demo: setup
 engines: setup
 	PYTHON="$(BIN)/python" bash scripts/install-redis.sh
 	PYTHON="$(BIN)/python" bash scripts/install-kafka.sh
+	PYTHON="$(BIN)/python" bash scripts/install-s3.sh
 
 test: engines
 	$(BIN)/python -m pytest -p no:cacheprovider tests
