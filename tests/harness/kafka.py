@@ -121,7 +121,10 @@ class KafkaBroker:
     def _format(self) -> None:
         cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
         done = subprocess.run(
-            self._java("kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(self.dir / "server.properties"), short=True),
+            self._java(
+                # "=" form: a random id may begin with "-", which would read as an option
+                "kafka.tools.StorageTool", "format", f"--cluster-id={cluster_id}", "-c", str(self.dir / "server.properties"), short=True,
+            ),
             capture_output=True, text=True, timeout=120, check=False,
         )
         if done.returncode != 0:

@@ -101,6 +101,25 @@ def test_describe_shows_watermarks_and_each_groups_commits(bus: KafkaBus) -> Non
     assert info.lag("lake-sink") == {0: 0, 1: ends[1] - 1}
 
 
+@pytest.mark.parametrize("pinned", [None, [0, 1]])
+def test_seek_right_after_joining_takes_effect(bus: KafkaBus, pinned: list[int] | None) -> None:
+    """librdkafka refuses to seek a partition that is not fetching yet; keel's seek must still hold."""
+    bus.create_stream(StreamConfig("replay", partitions=2))
+    produced = bus.produce("replay", pa.table({"key": [b"k%d" % i for i in range(20)], "value": [b"v%d" % i for i in range(20)]}))
+    ends = {p: int((produced.partitions == p).sum()) for p in (0, 1)}
+    consumer = bus.consumer("replay", "replayer", partitions=pinned)
+    consumer.seek(1, 2)
+    seen: list[tuple[int, int]] = []
+    for _ in range(60):
+        batch = consumer.poll(100, 0.5)
+        seen += zip(batch.column("partition").to_pylist(), batch.column("offset").to_pylist())
+        if len(seen) >= ends[0] + ends[1] - 2:
+            break
+    consumer.close()
+    assert sorted(o for p, o in seen if p == 1) == list(range(2, ends[1]))
+    assert sorted(o for p, o in seen if p == 0) == list(range(ends[0]))
+
+
 def test_production_profile_warns_about_a_single_replica(kafka_bootstrap: str) -> None:
     prod = open_bus(kafka_bootstrap, topic_prefix=f"it-{uuid.uuid4().hex[:8]}.", production=True)
     with warnings.catch_warnings(record=True) as caught:

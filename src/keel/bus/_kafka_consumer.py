@@ -15,7 +15,13 @@ from typing import Any
 import pyarrow as pa
 
 from keel.bus.base import HEADERS_TYPE, RECORD_SCHEMA, TIMESTAMP_TYPE
-from keel.errors import BackendError, CorruptDataError, KeelError, NotFoundError
+from keel.errors import (
+    BackendError,
+    ConflictError,
+    CorruptDataError,
+    KeelError,
+    NotFoundError,
+)
 
 log = logging.getLogger("keel.bus.kafka")
 
@@ -44,6 +50,11 @@ class KafkaConsumer:
         self.group = group
         self._owned: set[int] = set()
         self._pending: list[Any] = []
+        self._seeks: dict[int, int] = {}  # partition -> offset still to seek to
+        self._pinned = partitions
+        self._coordinator_moving = {
+            ck.KafkaError.NOT_COORDINATOR, ck.KafkaError.COORDINATOR_LOAD_IN_PROGRESS, ck.KafkaError.COORDINATOR_NOT_AVAILABLE,
+        }
         self._closed = False
         self._consumer = ck.Consumer({
             **common,
@@ -86,23 +97,46 @@ class KafkaConsumer:
     def assignment(self) -> list[int]:
         return sorted(self._owned)
 
+    def _check_open(self) -> None:
+        if self._closed:
+            raise BackendError(f"the consumer of topic {self.topic!r} group {self.group!r} is closed; create a new one")
+
+    def _assigned(self, partition: int) -> None:
+        if partition not in self._owned:
+            raise ConflictError(
+                f"topic {self.topic!r} group {self.group!r}: partition {partition} is not assigned to this consumer "
+                f"(its assignment is {self.assignment}); the group may have moved it to another member"
+            )
+
     def poll(self, max_records: int = 10_000, timeout: float = 1.0) -> pa.RecordBatch:
         """Up to `max_records` records, returning as soon as some are there (or empty after `timeout`)."""
-        consume = self._consumer.consume
+        self._check_open()
+        deadline = time.monotonic() + timeout
         try:
-            msgs = self._pending[:max_records]
-            del self._pending[:max_records]
-            if len(msgs) < max_records:
-                msgs += self._checked(consume(max_records - len(msgs), 0))
-            if not msgs:
-                # consume(n, t) waits for all n records or t; wait for the first, then take what is there.
-                msgs = self._checked(consume(1, timeout))
-                if msgs and max_records > 1:
-                    msgs += self._checked(consume(max_records - 1, 0))
+            while True:
+                if self._seeks:
+                    self._apply_seeks()
+                remaining = max(0.0, deadline - time.monotonic())
+                # with a seek still due, wait in slices so it is retried soon
+                msgs = self._take(max_records, min(remaining, 0.05) if self._seeks else remaining)
+                msgs = [m for m in msgs if m.partition() in self._owned and m.partition() not in self._seeks]
+                if msgs or time.monotonic() >= deadline:
+                    return _to_batch(msgs)
         except self._ck.KafkaException as exc:
             raise translate(exc, f"reading {self.topic!r}") from exc
-        msgs = [m for m in msgs if m.partition() in self._owned]
-        return _to_batch(msgs)
+
+    def _take(self, max_records: int, wait: float) -> list[Any]:
+        consume = self._consumer.consume
+        msgs = self._pending[:max_records]
+        del self._pending[:max_records]
+        if len(msgs) < max_records:
+            msgs += self._checked(consume(max_records - len(msgs), 0))
+        if not msgs and wait > 0:
+            # consume(n, t) waits for all n records or t; wait for the first, then take what is there.
+            msgs = self._checked(consume(1, wait))
+            if msgs and max_records > 1:
+                msgs += self._checked(consume(max_records - 1, 0))
+        return msgs
 
     def _checked(self, msgs: Iterable[Any]) -> list[Any]:
         out = []
@@ -112,6 +146,11 @@ class KafkaConsumer:
                 out.append(msg)
             elif err.code() == self._ck.KafkaError._PARTITION_EOF:
                 continue
+            elif err.code() in self._coordinator_moving:
+                # The committed offsets could not be fetched: ask again, or the partitions stay idle.
+                log.warning("group %s: %s; fetching the committed offsets again", self.group, err.str())
+                if self._pinned is not None:
+                    self._consumer.assign([self._ck.TopicPartition(self.topic, p) for p in self._pinned])
             elif err.code() == self._ck.KafkaError._BAD_MSG:
                 raise CorruptDataError(
                     f"stream topic {self.topic!r} partition {msg.partition()} offset {msg.offset()}: a stored record "
@@ -123,6 +162,11 @@ class KafkaConsumer:
 
     def commit(self, offsets: dict[int, int]) -> None:
         """Store, synchronously and durably in the group coordinator, the next offset to read per partition."""
+        self._check_open()
+        for p, offset in offsets.items():
+            self._assigned(p)
+            if offset < 0:
+                raise ValueError(f"offset to commit must be >= 0, not {offset}")
         if not offsets:
             return
         tps = [self._ck.TopicPartition(self.topic, p, o) for p, o in offsets.items()]
@@ -138,20 +182,32 @@ class KafkaConsumer:
             )
 
     def seek(self, partition: int, offset: int) -> None:
-        if partition not in self._owned:
-            raise NotFoundError(f"partition {partition} of {self.topic!r} is not assigned to this member (it has {self.assignment})")
+        self._check_open()
+        self._assigned(partition)
+        if offset < 0:
+            raise ValueError(f"offset to seek to must be >= 0, not {offset}")
         self._pending = [m for m in self._pending if m.partition() != partition]
-        tp = self._ck.TopicPartition(self.topic, partition, offset)
-        try:
-            self._consumer.seek(tp)
-        except self._ck.KafkaException as exc:
-            if exc.args[0].code() != self._ck.KafkaError._STATE:
-                raise translate(exc, f"seeking {self.topic!r}") from exc
-            # Not fetching yet (just assigned): restart the partition at the offset instead.
-            self._consumer.incremental_unassign([tp])
-            self._consumer.incremental_assign([tp])
+        self._seeks[partition] = offset
+        self._apply_seeks()
+
+    def _apply_seeks(self) -> None:
+        """Seek what can be sought now. librdkafka refuses (``_STATE``) to seek a partition whose
+        fetcher has not started yet (just assigned); that seek stays due and ``poll`` retries it,
+        dropping the partition's records until it succeeds."""
+        for partition, offset in list(self._seeks.items()):
+            if partition not in self._owned:
+                del self._seeks[partition]
+                continue
+            try:
+                self._consumer.seek(self._ck.TopicPartition(self.topic, partition, offset))
+            except self._ck.KafkaException as exc:
+                if exc.args[0].code() != self._ck.KafkaError._STATE:
+                    raise translate(exc, f"seeking {self.topic!r}") from exc
+            else:
+                del self._seeks[partition]
 
     def seek_time(self, timestamp_ms: int) -> None:
+        self._check_open()
         owned = self.assignment
         query = [self._ck.TopicPartition(self.topic, p, timestamp_ms) for p in owned]
         try:

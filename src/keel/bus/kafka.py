@@ -321,9 +321,12 @@ class KafkaBus:
             bad = [p for p in partitions if not 0 <= p < count]
             if bad:
                 raise NotFoundError(f"stream {stream!r} has partitions 0..{count - 1}; there is no partition {bad}")
+        # Asking for the group's members first also waits out a group coordinator that is still
+        # loading: a consumer whose first offset fetch meets one never starts fetching.
         # A sole member can finish joining now, so `assignment` is known on return. With members
         # already in the group, the join completes only as they poll: it goes on in `poll`.
-        join_now = partitions is None and not self._has_members(self.prefix + group)
+        has_members = self._has_members(self.prefix + group)
+        join_now = partitions is None and not has_members
         consumer = KafkaConsumer(self._ck, self._common, self.topic(stream), self.prefix + group, partitions, join_now)
         self._consumers.append(consumer)
         return consumer
@@ -336,7 +339,11 @@ class KafkaBus:
                 return bool(described.members)
             except self._ck.KafkaException as exc:
                 # The group coordinator may be loading or moving (a fresh or restarted broker): ask again.
-                if not exc.args[0].retriable() and exc.args[0].code() != self._ck.KafkaError.NOT_COORDINATOR or time.monotonic() > deadline:
+                KafkaError = self._ck.KafkaError
+                moving = exc.args[0].code() in (
+                    KafkaError.NOT_COORDINATOR, KafkaError.COORDINATOR_LOAD_IN_PROGRESS, KafkaError.COORDINATOR_NOT_AVAILABLE,
+                )
+                if not (moving or exc.args[0].retriable()) or time.monotonic() > deadline:
                     raise translate(exc, f"describing group {group!r}") from exc
                 time.sleep(0.2)
 
