@@ -8,12 +8,19 @@
 set -euo pipefail
 
 KAFKA_VERSION="${KAFKA_VERSION:-4.4.0}"
+PY="${PYTHON:-python3}"  # the interpreter whose environment gets confluent-kafka (make passes the venv's)
 LOG4J_VERSION="2.25.5"  # the log4j-core that kafka_2.13 $KAFKA_VERSION depends on
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 CACHE="$ROOT/.cache/kafka"
 LIB="$CACHE/lib"
 STAMP="$LIB/.version"
 
+apt_install() {  # a missing Debian package, when this machine can install one
+  if command -v apt-get >/dev/null 2>&1 && [[ "$(id -u)" == 0 ]]; then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
+  fi
+}
+command -v java >/dev/null 2>&1 || apt_install openjdk-17-jre-headless
 if ! command -v java >/dev/null 2>&1; then
   echo "install-kafka: java not found; Kafka $KAFKA_VERSION needs Java 17+ (apt-get install openjdk-17-jre-headless)" >&2
   exit 1
@@ -23,6 +30,7 @@ if [[ -f "$STAMP" && "$(cat "$STAMP")" == "$KAFKA_VERSION+$LOG4J_VERSION" ]] && 
    && compgen -G "$LIB/kafka-tools-[0-9]*.jar" >/dev/null; then
   echo "install-kafka: Kafka $KAFKA_VERSION jars already in $LIB"
 else
+  command -v mvn >/dev/null 2>&1 || apt_install maven
   if ! command -v mvn >/dev/null 2>&1; then
     echo "install-kafka: mvn not found; install it (apt-get install maven) and run again" >&2
     exit 1
@@ -52,7 +60,7 @@ EOF
   echo "install-kafka: Kafka $KAFKA_VERSION jars in $LIB ($(ls "$LIB" | wc -l) files)"
 fi
 
-if ! python3 -c "import confluent_kafka" >/dev/null 2>&1; then
-  python3 -m pip install --quiet "confluent-kafka>=2.4"
+if ! "$PY" -c "import confluent_kafka" >/dev/null 2>&1; then
+  "$PY" -m pip install --quiet "confluent-kafka>=2.4"
 fi
-echo "install-kafka: confluent-kafka $(python3 -c 'import confluent_kafka; print(confluent_kafka.version()[0])')"
+echo "install-kafka: confluent-kafka $("$PY" -c 'import confluent_kafka; print(confluent_kafka.version()[0])')"
