@@ -18,7 +18,7 @@ import statistics
 import tempfile
 import time
 from collections.abc import Callable
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -32,7 +32,7 @@ def shop_events(n: int, seed: int = 0, days: int = 30) -> pa.Table:
     rng = np.random.default_rng(seed)
     users = pa.array([f"u{i:06d}" for i in range(100_000)])
     items = pa.array([f"i{i:05d}" for i in range(10_000)])
-    start = int(datetime(2024, 1, 1, tzinfo=timezone.utc).timestamp() * 1_000_000)
+    start = int(datetime(2024, 1, 1, tzinfo=UTC).timestamp() * 1_000_000)
     ts = np.sort(rng.integers(start, start + days * 86_400_000_000, n))
     return pa.table({
         "user_id": users.take(pa.array(rng.integers(0, 100_000, n))),
