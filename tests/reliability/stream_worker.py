@@ -1,11 +1,14 @@
 """A processor process for the stream crash tests: lands `clicks` and counts them per item in
 10-second windows (lateness 2 s), into a lake table and a view, until SIGTERM (or kill -9).
 
-    python -m tests.reliability.stream_worker BUS_URL ROOT
+    python -m tests.reliability.stream_worker BUS_URL ROOT [land]
+
+With `land`, only the landing runs (the scale-out test runs several such processes).
 """
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 import threading
@@ -29,7 +32,7 @@ class Click(keel.Event):
 
 def declarations() -> SimpleNamespace:
     with collecting():
-        clicks = keel.stream("clicks", Click, key="user_id", partitions=2)
+        clicks = keel.stream("clicks", Click, key="user_id", partitions=int(os.environ.get("KEEL_TEST_PARTITIONS", "2")))
         land = keel.land(clicks, keel.table("clicks"))
 
         @keel.aggregate(clicks, by="item_id", window=keel.tumbling("10s"), lateness="2s",
@@ -52,7 +55,9 @@ def main() -> None:
     rt = engines(bus_url, root)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    runners = [Runner(decl.land, rt, max_records=2000), Runner(decl.counts, rt, max_records=2000)]
+    runners = [Runner(decl.land, rt, max_records=2000)]
+    if sys.argv[3:] != ["land"]:
+        runners.append(Runner(decl.counts, rt, max_records=2000))
     threads = [threading.Thread(target=r.run, args=(stop,)) for r in runners]
     for t in threads:
         t.start()
