@@ -251,7 +251,8 @@ def test_power_loss_keeps_every_acknowledged_record(tmp_path: Path, monkeypatch:
             ledger = Ledger()
         acks = [0]
 
-        def work(t: int, bus: object = bus, trial: int = trial, stream: str = stream, ledger: Ledger = ledger) -> None:
+        def work(t: int, bus: object = bus, trial: int = trial, stream: str = stream, ledger: Ledger = ledger,
+                 acks: list[int] = acks) -> None:
             seq, local = 0, random.Random(trial * 10 + t)
             while True:
                 n = local.randint(1, 30)

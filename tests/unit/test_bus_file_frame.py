@@ -126,7 +126,7 @@ def test_damage_to_fsynced_data_is_kept_and_reported_never_cut() -> None:
 
 
 def test_a_zeroed_or_scrambled_tail_is_cut() -> None:
-    data, positions = segment([2, 2, 2], durable_lag=1)
+    data, _ = segment([2, 2, 2], durable_lag=1)
     rng = random.Random(7)
     for tail in (b"\x00" * 300, bytes(rng.randrange(256) for _ in range(300))):
         scan = scan_segment(data + tail, 0)

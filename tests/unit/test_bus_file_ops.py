@@ -12,8 +12,7 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 
-from keel.bus import Bus, StreamConfig, dlq_name, open_bus
-from keel.bus import ops
+from keel.bus import Bus, StreamConfig, dlq_name, open_bus, ops
 from keel.bus.base import HEADERS_TYPE
 
 

@@ -28,7 +28,7 @@ from __future__ import annotations
 import mmap
 import struct
 import zlib
-from typing import NamedTuple, Union
+from typing import NamedTuple
 
 import pyarrow as pa
 
@@ -40,8 +40,8 @@ _CRC = struct.Struct("<I")
 HEADER_SIZE = 8 + _BODY.size
 assert HEADER_SIZE == 64
 
-Buf = Union[bytes, memoryview, mmap.mmap]
-Searchable = Union[bytes, mmap.mmap]
+Buf = bytes | memoryview | mmap.mmap
+Searchable = bytes | mmap.mmap
 
 STORED_SCHEMA = pa.schema(
     [

@@ -251,9 +251,8 @@ class PartitionLog:
                 if not self.state.valid():
                     self._recover()
         written = self.state.written()
-        if written is not None and written == (self._seg, self._offset, self._bytes):
-            if os.fstat(self._fd).st_size == self._bytes:
-                return
+        if written == (self._seg, self._offset, self._bytes) and os.fstat(self._fd).st_size == self._bytes:
+            return
         if written is None:
             with self._sync_lock:  # an appender died between updating the fields: check from disk
                 self._recover()

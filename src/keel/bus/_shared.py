@@ -19,6 +19,7 @@ import os
 import threading
 import uuid
 from pathlib import Path
+from typing import Self
 
 import numpy as np
 
@@ -143,7 +144,7 @@ class FileLock:
         fcntl.flock(self._fd, fcntl.LOCK_UN)
         self._thread_lock.release()
 
-    def __enter__(self) -> FileLock:
+    def __enter__(self) -> Self:
         self.acquire()
         return self
 

@@ -44,6 +44,7 @@ import pyarrow.compute as pc
 
 from keel.bus import _frame
 from keel.bus._consumer import FileConsumer
+from keel.bus._groups import read_committed
 from keel.bus._log import Frame, Health, PartitionLog, list_segments, now_ms
 from keel.bus._shared import FileLock, fsync_dir
 from keel.bus.base import (
@@ -58,9 +59,14 @@ from keel.bus.base import (
     dlq_name,
     partition_for,
 )
-from keel.bus._groups import read_committed
 from keel.config import file_path
-from keel.errors import BackendError, ConfigError, ConflictError, NotFoundError, SchemaError
+from keel.errors import (
+    BackendError,
+    ConfigError,
+    ConflictError,
+    NotFoundError,
+    SchemaError,
+)
 
 _NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]{0,199}$")
 FRAME_BYTES = 64 << 20  # a produce bigger than this per partition is split into several frames
