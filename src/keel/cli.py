@@ -172,6 +172,53 @@ def run(job: Annotated[str, typer.Argument(help="the job to run")], project: Pro
         raise typer.Exit(1)
 
 
+@app.command()
+def streams(project: ProjectOpt = Path("."), profile: ProfileOpt = None) -> None:
+    """Streams on the bus: records, lag of each consumer group, pending dead letters."""
+    from keel.bus.ops import list_streams
+
+    rt = _runtime(project, profile)
+    rt.ensure()
+    print_rows([{"stream": s.name, "partitions": s.partitions, "records": s.records,
+                 "lag per group": ", ".join(f"{g}={n}" for g, n in s.lag.items()),
+                 "dead letters": s.dead_letters_pending} for s in list_streams(rt.bus)], "streams")
+
+
+@app.command()
+def tail(stream: Annotated[str, typer.Argument(help="the stream")], project: ProjectOpt = Path("."),
+         profile: ProfileOpt = None,
+         last: Annotated[int, typer.Option(help="records to show per partition")] = 10,
+         follow: Annotated[bool, typer.Option("--follow", "-f", help="keep printing new records")] = False) -> None:
+    """Print a stream's latest records (decoded), and with --follow the new ones as they come."""
+    from keel.bus.ops import tail as tail_records
+
+    rt = _runtime(project, profile)
+    rt.stream(stream) if not stream.endswith(".dlq") else rt.stream(stream[:-4])
+    for record in tail_records(rt.bus, stream, last=last, follow=follow):
+        out.print_json(json.dumps(record, default=str))
+
+
+@app.command()
+def dlq(stream: Annotated[str, typer.Argument(help="the stream whose dead letters to handle")],
+        action: Annotated[str, typer.Argument(help="show, replay or purge")] = "show",
+        project: ProjectOpt = Path("."), profile: ProfileOpt = None,
+        limit: Annotated[int, typer.Option(help="at most this many records")] = 100) -> None:
+    """Dead letters of a stream: show them, replay them into the stream, or purge them."""
+    from keel.bus.ops import dlq_purge, dlq_replay, dlq_show
+
+    rt = _runtime(project, profile)
+    rt.stream(stream)
+    if action == "show":
+        for record in dlq_show(rt.bus, stream, limit=limit):
+            out.print_json(json.dumps(record, default=str))
+    elif action == "replay":
+        out.print(f"replayed {dlq_replay(rt.bus, stream, limit=limit)} dead letter(s) into {stream}")
+    elif action == "purge":
+        out.print(f"purged {dlq_purge(rt.bus, stream)} dead letter(s) of {stream}")
+    else:
+        raise KeelError(f"unknown action {action!r}: use show, replay or purge")
+
+
 @lake_app.command("maintain")
 def lake_maintain(tables: Annotated[list[str] | None, typer.Argument(help="tables (default: those that need it)")] = None,
                   project: ProjectOpt = Path("."), profile: ProfileOpt = None,
