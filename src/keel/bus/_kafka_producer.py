@@ -2,7 +2,7 @@
 
 Each call hands its records to the producer and waits for *its own* delivery reports, so the
 gateway's many request threads share batches on the wire instead of queueing behind one another's
-flushes. A background thread serves the delivery reports.
+flushes. Waiting callers serve the delivery reports (librdkafka's poll) on their own threads.
 """
 
 from __future__ import annotations
@@ -52,38 +52,21 @@ class Sender:
         self._wait = delivery_timeout_ms / 1000 + 30
         self._lock = threading.Lock()
         self._producer: Any = None
-        self._retired: list[Any] = []
-        self._closed = threading.Event()
-        self._poller: threading.Thread | None = None
+        self._closed = False
 
     def _current(self) -> Any:
         with self._lock:
-            if self._closed.is_set():
+            if self._closed:
                 raise BackendError("the bus is closed: open it again to produce")
             if self._producer is None:
                 self._producer = self._ck.Producer(self._config)
-            if self._poller is None:
-                self._poller = threading.Thread(target=self._serve_reports, name="keel-kafka-delivery", daemon=True)
-                self._poller.start()
             return self._producer
 
-    def _serve_reports(self) -> None:
-        while not self._closed.is_set():
-            producer = self._producer
-            if producer is not None:
-                producer.poll(0.05)
-            else:
-                time.sleep(0.05)
-            for old in list(self._retired):
-                old.poll(0)
-                if len(old) == 0:
-                    self._retired.remove(old)
-
     def _retire(self, producer: Any) -> None:
-        """A fatal idempotence error poisons a producer: the next call gets a new one (a new producer id)."""
+        """A fatal idempotence error poisons a producer: the next call gets a new one (a new producer id).
+        Calls still waiting on the old one keep serving its reports until theirs are in."""
         with self._lock:
             if self._producer is producer:
-                self._retired.append(producer)
                 self._producer = None
 
     def send(self, topic: str, batch: pa.Table, keys: list[bytes | None], partitions: np.ndarray) -> np.ndarray:
@@ -98,17 +81,26 @@ class Sender:
             for value, key, partition, stamp, header in zip(values, keys, partitions.tolist(), stamps, headers):
                 while True:
                     try:
-                        # timestamp 0 lets the producer stamp the record with the current time
-                        send(topic, value, key, partition=partition, on_delivery=report, timestamp=stamp or 0, headers=header)
+                        if stamp is None and header is None:
+                            # positional arguments: about 1.5x faster per record than keywords
+                            send(topic, value, key, partition, report)
+                        else:
+                            # timestamp 0 lets the producer stamp the record with the current time
+                            send(topic, value, key, partition, report, timestamp=stamp or 0, headers=header)
                         break
-                    except BufferError:  # the local queue is full: wait for deliveries to drain it
-                        time.sleep(0.005)
+                    except BufferError:  # the local queue is full: serve delivery reports to drain it
+                        producer.poll(0.005)
         except self._ck.KafkaException as exc:
             raise BackendError(
                 f"producing to {topic!r}: {exc.args[0].str() if exc.args else exc}; none of this batch counts "
                 "as written: retry it"
             ) from exc
-        if not call.done.wait(self._wait):
+        # Serve delivery reports on this thread until this call's are in; concurrent callers serve
+        # one another's reports too (each report lands in its own call's lists).
+        deadline = time.monotonic() + self._wait
+        while not call.done.is_set() and time.monotonic() < deadline:
+            producer.poll(0.01)
+        if not call.done.is_set():
             raise BackendError(
                 f"producing to {topic!r}: no delivery report for {n - len(call.offsets)} of {n} records in "
                 f"{self._wait:.0f}s; none of this batch counts as written: check the brokers, then retry"
@@ -133,11 +125,9 @@ class Sender:
     def close(self, timeout: float = 10.0) -> None:
         with self._lock:
             producer, self._producer = self._producer, None
-            self._closed.set()
+            self._closed = True
         if producer is not None:
             producer.flush(timeout)
-        if self._poller is not None:
-            self._poller.join(timeout)
 
 
 def as_produce_batch(batch: pa.RecordBatch | pa.Table) -> pa.Table:

@@ -117,13 +117,13 @@ class KafkaBus:
         self._common: dict[str, Any] = {"bootstrap.servers": bootstrap, "logger": log, **(config or {})}
         self._admin = admin_mod.AdminClient(dict(self._common))
         self._sender = Sender(ck, {
-            **self._common,
-            "enable.idempotence": True,
-            "acks": "all",
-            "max.in.flight.requests.per.connection": 5,  # the most idempotence keeps ordered
-            "delivery.timeout.ms": delivery_timeout_ms,
             "linger.ms": 5,
             "queue.buffering.max.messages": 500_000,
+            **self._common,  # the user's settings may tune the above, never the durability below
+            "enable.idempotence": True,
+            "acks": "all",
+            "max.in.flight.requests.per.connection": min(5, int((config or {}).get("max.in.flight.requests.per.connection", 5))),
+            "delivery.timeout.ms": delivery_timeout_ms,
         }, delivery_timeout_ms)
         self._round_robin_lock = threading.Lock()
         self._partitions: dict[str, int] = {}
