@@ -25,6 +25,7 @@ import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 from keel.errors import ConfigError
 
@@ -64,7 +65,8 @@ class Config:
     serve: ServeConfig = field(default_factory=ServeConfig)
 
     def with_engines(self, **urls: str) -> Config:
-        return replace(self, **{k: resolve_url(v, self.root) for k, v in urls.items()})
+        resolved: dict[str, Any] = {k: resolve_url(v, self.root) for k, v in urls.items()}
+        return replace(self, **resolved)
 
 
 def resolve_url(url: str, root: Path) -> str:

@@ -84,8 +84,8 @@ class Simulator:
             j = self.rng.randrange(len(views) - 1)
             views.insert(min(len(views), j + self.rng.randint(1, 400)), views.pop(j))
         task = progress.add_task("users browsing", total=len(views))
-        for start in range(0, len(views), 1000):
-            chunk = views[start:start + 1000]
+        for first in range(0, len(views), 1000):
+            chunk = views[first:first + 1000]
             self.post("page_views", [{"user_id": u, "item_id": item, "ts": ts.isoformat()} for ts, u, item in chunk])
             progress.advance(task, len(chunk))
 

@@ -24,9 +24,11 @@ def add_exposures(catalog: Catalog) -> None:
     """Declare the built-in exposures stream, table and landing, unless the project did."""
     if not catalog.experiments or EXPOSURES in catalog.streams:
         return
-    where = {"file": "keel (built in)", "line": 0, "owner": "keel"}
-    stream = Stream(name=EXPOSURES, schema=Exposure, key="unit", description="experiment exposures", **where)
-    table = Table(name=EXPOSURES, partition_by=("event_date",), description="experiment exposures", **where)
+    where, owner = "keel (built in)", "keel"
+    stream = Stream(name=EXPOSURES, schema=Exposure, key="unit", description="experiment exposures", file=where,
+                    owner=owner)
+    table = Table(name=EXPOSURES, partition_by=("event_date",), description="experiment exposures", file=where,
+                  owner=owner)
     catalog.add(stream)
     catalog.add(table)
-    catalog.add(Processor(name=f"land_{EXPOSURES}", stream=stream, into=(table,), **where))
+    catalog.add(Processor(name=f"land_{EXPOSURES}", stream=stream, into=(table,), file=where, owner=owner))

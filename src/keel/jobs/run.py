@@ -8,6 +8,7 @@ logical date, so re-running an older date never regresses a newer one.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -15,7 +16,7 @@ from typing import Any
 import polars as pl
 import pyarrow as pa
 
-from keel.declare import Job
+from keel.declare import Job, Table
 from keel.errors import KeelError
 
 
@@ -46,20 +47,21 @@ def run_job(runtime: Any, job: Job, logical_date: datetime) -> int:
         raise KeelError(f"job {job.name!r} returned {type(result).__name__}; return SQL text, an Arrow table "
                         "or a Polars DataFrame")
     out = job.output
+    rows: int = result.num_rows
     if out is None:
-        return result.num_rows
+        return rows
     version = int(logical_date.timestamp() * 1000)
-    if out.kind == "table":
+    if isinstance(out, Table):
         runtime.lake.create_table(out.name, result.schema, list(out.partition_by) or None)
         runtime.lake.overwrite(out.name, result, writer=job.name, version=version)
-        return result.num_rows
+        return rows
     key = job.key or ""
     if key not in result.column_names:
         raise KeelError(f"job {job.name!r} writes view {out.name!r} keyed by {key!r}, but its result has no such "
                         f"column (columns: {', '.join(result.column_names)})")
-    rows = result.to_pylist()
-    runtime.views.upsert(out.name, [(str(r.pop(key)), version, r) for r in rows])
-    return len(rows)
+    records = result.to_pylist()
+    runtime.views.upsert(out.name, [(str(r.pop(key)), version, r) for r in records])
+    return len(records)
 
 
 MAINTENANCE_TASK = "keel_lake_maintenance"
@@ -84,10 +86,13 @@ def scheduler_tasks(runtime: Any) -> list[Any]:
 
     upstream = runtime.catalog.job_upstream()
     tasks = [
-        Task(name=j.name, schedule=j.schedule, run=(lambda d, j=j: run_job(runtime, j, d)),
+        Task(name=j.name, schedule=j.schedule, run=functools.partial(run_job, runtime, j),
              upstream=upstream.get(j.name, ()), retries=j.retries)
         for j in runtime.catalog.jobs.values()
     ]
-    tasks.append(Task(name=MAINTENANCE_TASK, schedule=MAINTENANCE_SCHEDULE, run=lambda d: maintain_lake(runtime),
-                      retries=1))
+
+    def maintenance(logical_date: datetime) -> list[str]:
+        return maintain_lake(runtime)
+
+    tasks.append(Task(name=MAINTENANCE_TASK, schedule=MAINTENANCE_SCHEDULE, run=maintenance, retries=1))
     return tasks
