@@ -26,7 +26,7 @@ import numpy as np
 import pyarrow as pa
 
 sys.path.insert(0, str(Path(__file__).parent))
-import bench_stream_window as w  # noqa: E402
+import bench_stream_window as w
 
 
 def serve(root: Path) -> None:

@@ -5,7 +5,7 @@ enrichment from a view, fencing of a stale partition owner."""
 from __future__ import annotations
 
 import json
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -25,7 +25,7 @@ from keel.streaming import stateful as stateful_mod
 from keel.streaming.runner import Runner
 from keel.streaming.stateless import decode, encode, writer_of
 
-BASE = datetime(2024, 1, 1, tzinfo=timezone.utc)
+BASE = datetime(2024, 1, 1, tzinfo=UTC)
 
 
 class Click(keel.Event):

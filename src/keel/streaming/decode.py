@@ -14,7 +14,14 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.json as pj
 
-from keel.schema import EVENT_DATE, EVENT_ID, EVENT_TIME, Event, table_schema, value_schema
+from keel.schema import (
+    EVENT_DATE,
+    EVENT_ID,
+    EVENT_TIME,
+    Event,
+    table_schema,
+    value_schema,
+)
 
 
 def header(batch: pa.RecordBatch, name: str) -> pa.Array:

@@ -23,10 +23,11 @@ from __future__ import annotations
 
 import shutil
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import datetime
 from types import SimpleNamespace
-from typing import Any, Callable
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -69,7 +70,7 @@ def replay(runtime: Any, processor: str | Processor | Aggregation, *, from_offse
                         "rebuilds whole: replay it from the start of the stream with --from 0")
     scratch = runtime.state_dir / f"replay-{decl.name}-{uuid.uuid4().hex[:8]}"
     scratch.mkdir(parents=True)
-    shadow = replace(decl, name=f"{decl.name}__replay")  # type: ignore[type-var]
+    shadow = replace(decl, name=f"{decl.name}__replay")
     rt = SimpleNamespace(bus=runtime.bus, lake=open_lake(f"file://{scratch}/lake"), views=runtime.views,
                          state_dir=scratch / "state")
     rt.state_dir.mkdir()

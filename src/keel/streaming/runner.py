@@ -109,7 +109,7 @@ class Runner:
         self.metrics["batch_seconds"].observe(elapsed)
         self._observe_rate()
         self._observe_lag(force=False)
-        return batch.num_rows
+        return int(batch.num_rows)
 
     def _positions(self, batch: pa.RecordBatch) -> dict[int, int]:
         out = dict(self.stats.offsets)

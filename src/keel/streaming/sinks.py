@@ -80,6 +80,6 @@ def write_view_rows(views: Any, view: str, rows: pl.DataFrame) -> int:
     if rows.height == 0:
         return 0
     prefix = f"{view}/"
-    keys = (prefix + rows.get_column("key")).to_list()  # type: ignore[operator]
+    keys = (prefix + rows.get_column("key")).to_list()
     items = list(zip(keys, rows.get_column("version").to_list(), rows.get_column("value").to_list()))
     return int(views.kv.upsert_many(items, ttl=views.ttls[view]))

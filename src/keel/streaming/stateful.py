@@ -32,7 +32,13 @@ import polars as pl
 
 from keel.declare import Aggregation, Processor, Table, View
 from keel.schema import table_schema
-from keel.streaming.checkpoint import Unit, load_unit, point_to_unit, save_unit, unit_pointer
+from keel.streaming.checkpoint import (
+    Unit,
+    load_unit,
+    point_to_unit,
+    save_unit,
+    unit_pointer,
+)
 from keel.streaming.decode import to_events
 from keel.streaming.sessions import SessionState
 from keel.streaming.sinks import (
@@ -164,7 +170,7 @@ class StatefulEngine:
             if commit is not None and "unit" in commit.metadata:
                 candidates.append((commit.version, commit.metadata["unit"]))
         if candidates:
-            version, unit_dir = max(candidates)
+            _, unit_dir = max(candidates)
             unit = load_unit(rt.state_dir, self.decl.name, unit_dir)
             self.op.restore(unit)
             self.offsets = dict(unit.offsets)
@@ -196,7 +202,7 @@ class StatefulEngine:
         self.pending += batch.num_rows
         if self.due():
             self.commit()
-        return batch.num_rows
+        return int(batch.num_rows)
 
     def _active(self, now: float) -> set[int]:
         """Partitions that count for the watermark: assigned and not idle for `idle_seconds`."""

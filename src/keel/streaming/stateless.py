@@ -173,7 +173,7 @@ class StatelessEngine:
             if key is not None:
                 write_view_rows(self.r.rt.views, v.name, keyed_view_rows(key, out_all))
         self.r.consumer.commit(next_offsets)
-        return batch.num_rows
+        return int(batch.num_rows)
 
     def _commit_partition(self, p: int, events: pl.DataFrame, offs: np.ndarray, out: pl.DataFrame, nxt: int) -> None:
         owned = self.owned.get(p)
