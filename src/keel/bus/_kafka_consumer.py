@@ -12,6 +12,7 @@ import time
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 
 from keel.bus.base import HEADERS_TYPE, RECORD_SCHEMA, TIMESTAMP_TYPE
@@ -228,23 +229,17 @@ class KafkaConsumer:
 
 
 def _to_batch(msgs: list[Any]) -> pa.RecordBatch:
-    partitions, offsets, stamps, keys, values, headers = [], [], [], [], [], []
-    for m in msgs:
-        partitions.append(m.partition())
-        offsets.append(m.offset())
-        _, stamp = m.timestamp()
-        stamps.append(max(stamp, 0))
-        keys.append(m.key())
-        values.append(m.value())
-        headers.append(m.headers())
+    # one comprehension per column: markedly faster than one loop appending to six lists
+    stamps = np.fromiter((m.timestamp()[1] for m in msgs), dtype=np.int64, count=len(msgs))
+    np.maximum(stamps, 0, out=stamps)  # -1: the broker kept no timestamp
     return pa.RecordBatch.from_arrays(
         [
-            pa.array(partitions, pa.int32()),
-            pa.array(offsets, pa.int64()),
-            pa.array(stamps, pa.int64()).cast(TIMESTAMP_TYPE),
-            pa.array(keys, pa.binary()),
-            pa.array(values, pa.binary()),
-            pa.array(headers, HEADERS_TYPE),
+            pa.array([m.partition() for m in msgs], pa.int32()),
+            pa.array([m.offset() for m in msgs], pa.int64()),
+            pa.array(stamps).cast(TIMESTAMP_TYPE),
+            pa.array([m.key() for m in msgs], pa.binary()),
+            pa.array([m.value() for m in msgs], pa.binary()),
+            pa.array([m.headers() for m in msgs], HEADERS_TYPE),
         ],
         schema=RECORD_SCHEMA,
     )
