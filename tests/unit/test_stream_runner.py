@@ -258,3 +258,26 @@ def test_replay_rebuilds_a_table_without_duplicates_and_moves_the_position(shop:
     again.consumer.close()
     got = shop.rt.lake.read("clicks", columns=["event_id"]).column("event_id").to_pylist()
     assert sorted(got) == sorted(ids + more)
+
+
+def test_processor_metrics_are_exported(shop: Any) -> None:
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from keel.monitor.streams import stream_collector, stream_registry
+
+    def events() -> float:
+        return stream_registry().get_sample_value("keel_stream_events_total", {"processor": "land_clicks"}) or 0.0
+
+    before = events()  # the registry is process-wide: other tests ran this processor too
+    produce(shop.rt, "clicks", [("u1", "i", i) for i in range(25)])
+    runner = Runner(shop.land, shop.rt)
+    runner.start()
+    drain(runner, 25)
+    runner._observe_lag(force=True)
+    runner.consumer.close()
+    gateway = CollectorRegistry()  # as the gateway would include them in its /metrics
+    gateway.register(stream_collector())
+    text = generate_latest(gateway).decode()
+    assert events() - before == 25
+    assert 'keel_stream_events_total{processor="land_clicks"}' in text
+    assert 'keel_stream_consumer_lag{processor="land_clicks"} 0.0' in text
