@@ -9,6 +9,8 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from keel.monitor.streams import stream_collector
+
 _BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5)
 
 
@@ -41,6 +43,7 @@ class Metrics:
         self.fallbacks = Counter("keel_endpoint_fallbacks", "endpoint answers served by the declared fallback",
                                  ["endpoint"], registry=self.registry)
         self.registry.register(_Breakers(breaker_states))
+        self.registry.register(stream_collector())  # processors of this process (`keel up`) show here too
         self._children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
 
     def observe(self, route: str, method: str, status: int, seconds: float) -> None:
