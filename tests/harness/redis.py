@@ -21,6 +21,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.harness.process import free_port, stop_process
+
 INSTALL_HINT = "run scripts/install-redis.sh (installs the Debian package redis-server)"
 
 
@@ -30,10 +32,6 @@ def find_redis_server() -> str | None:
     return shutil.which("redis-server")
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def ping(port: int, timeout: float = 0.5) -> bool:
@@ -90,13 +88,7 @@ class RedisServer:
         if self.process is None:
             return
         process, self.process = self.process, None
-        if process.poll() is None:
-            process.terminate()
-            try:
-                process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+        stop_process(process, timeout)
 
     def kill(self) -> None:
         """Stop the server abruptly (SIGKILL), as a crash would."""

@@ -12,7 +12,6 @@ If moto_server is not installed the fixtures FAIL, naming scripts/install-s3.sh.
 from __future__ import annotations
 
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -24,14 +23,12 @@ from pathlib import Path
 
 import pytest
 
+from tests.harness.process import free_port, stop_process
+
 INSTALL_HINT = "run scripts/install-s3.sh (installs moto[server] from PyPI, the `test` extra)"
 BUCKET = "keel-test"
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def find_moto_server() -> list[str] | None:
@@ -98,13 +95,7 @@ class S3Server:
         if self.process is None:
             return
         process, self.process = self.process, None
-        if process.poll() is None:
-            process.terminate()
-            try:
-                process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+        stop_process(process, timeout)
 
     def _log(self) -> str:
         return (self.workdir / "moto.log").read_text(errors="replace")[-2000:]
