@@ -42,6 +42,10 @@ logger.server.level = INFO
 """
 
 
+# Linux: the broker gets SIGKILL when the test process dies, so a crashed run leaves no JVM behind.
+_DIE_WITH_PARENT = ["setpriv", "--pdeathsig", "KILL", "--"] if shutil.which("setpriv") else []
+
+
 class KafkaUnavailable(RuntimeError):
     """The broker cannot be started here; the message says what to install or fix."""
 
@@ -139,7 +143,7 @@ class KafkaBroker:
             self._format()
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(
-                self._java("kafka.Kafka", str(self.dir / "server.properties")),
+                [*_DIE_WITH_PARENT, *self._java("kafka.Kafka", str(self.dir / "server.properties"))],
                 stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
             )
         self._wait_ready(timeout)
