@@ -4,6 +4,7 @@ tests/contract/test_bus.py, which runs on Kafka too)."""
 from __future__ import annotations
 
 import threading
+import time
 import uuid
 import warnings
 from collections.abc import Iterator
@@ -140,6 +141,17 @@ def test_produce_refuses_bad_batches_and_unknown_streams(bus: KafkaBus) -> None:
     with pytest.raises(SchemaError, match="null value"):
         bus.produce("s", pa.table({"value": pa.array([b"x", None], pa.binary())}))
     assert bus.describe("s").partitions[0].end_offset == 0
+
+
+def test_timestamps_the_broker_would_refuse_are_refused_before_anything_is_written(bus: KafkaBus) -> None:
+    bus.create_stream(StreamConfig("clock", partitions=2))
+    now = time.time_ns() // 1_000_000
+    stamps = pa.array([now, now + 2 * 3_600_000], pa.int64()).cast(TIMESTAMP_TYPE)  # one 2 h ahead
+    with pytest.raises(SchemaError, match="timestamp"):
+        bus.produce("clock", pa.table({"key": [b"a", b"b"], "value": [b"1", b"2"], "timestamp": stamps}))
+    assert sum(p.end_offset for p in bus.describe("clock").partitions) == 0
+    soon = pa.array([now + 60_000, None], pa.int64()).cast(TIMESTAMP_TYPE)
+    assert len(bus.produce("clock", pa.table({"value": [b"1", b"2"], "timestamp": soon})).offsets) == 2
 
 
 def test_cooperative_rebalance_splits_partitions_between_members(bus: KafkaBus) -> None:

@@ -31,6 +31,7 @@ from urllib.parse import parse_qsl, urlsplit
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from keel.bus._kafka_consumer import KafkaConsumer, translate
 from keel.bus._kafka_producer import Sender, as_produce_batch
@@ -43,7 +44,13 @@ from keel.bus.base import (
     partition_for,
 )
 from keel.engines import require
-from keel.errors import BackendError, ConfigError, ConflictError, NotFoundError
+from keel.errors import (
+    BackendError,
+    ConfigError,
+    ConflictError,
+    NotFoundError,
+    SchemaError,
+)
 
 log = logging.getLogger("keel.bus.kafka")
 
@@ -128,6 +135,7 @@ class KafkaBus:
         self._round_robin_lock = threading.Lock()
         self._partitions: dict[str, int] = {}
         self._round_robin: dict[str, int] = {}
+        self._timestamp_limits: dict[str, tuple[int, int]] = {}
         self._consumers: list[KafkaConsumer] = []
 
     # -- names ---------------------------------------------------------------------------------
@@ -311,7 +319,32 @@ class KafkaBus:
         partitions = partition_for(keys, count, start)
         if n == 0:
             return Produced(partitions, np.empty(0, dtype=np.int64))
+        if "timestamp" in batch.column_names and batch.column("timestamp").null_count < n:
+            self._check_timestamps(stream, batch.column("timestamp"))
         return Produced(partitions, self._sender.send(self.topic(stream), batch, keys.to_pylist(), partitions))
+
+    def _check_timestamps(self, stream: str, stamps: pa.ChunkedArray) -> None:
+        """Refuse, before sending anything, timestamps the broker would refuse (Kafka 4 takes at
+        most 1 hour into the future by default): one bad record must not fail a batch half-written."""
+        if stream not in self._timestamp_limits:
+            resource = self._admin_mod.ConfigResource(self._admin_mod.ResourceType.TOPIC, self.topic(stream))
+            entries = next(iter(self._wait(self._admin.describe_configs([resource]), f"reading config of {stream!r}").values()))
+
+            def limit(key: str) -> int:
+                entry = entries.get(key)
+                return int(entry.value) if entry is not None and entry.value is not None else 2**62
+
+            self._timestamp_limits[stream] = (limit("message.timestamp.before.max.ms"), limit("message.timestamp.after.max.ms"))
+        before, after = self._timestamp_limits[stream]
+        values = pc.drop_null(stamps).cast(pa.int64()).to_numpy()
+        now = time.time_ns() // 1_000_000
+        bad = (values < now - min(before, 2**62)) | (values > now + min(after, 2**62))
+        if bad.any():
+            raise SchemaError(
+                f"stream {stream!r}: {int(bad.sum())} record(s) have a timestamp Kafka refuses (e.g. "
+                f"{int(values[bad][0])} ms; the topic takes now - {before} ms to now + {after} ms); nothing was "
+                "written. Fix the event times, or raise message.timestamp.after.max.ms / before.max.ms on the topic"
+            )
 
     # -- consume -------------------------------------------------------------------------------
 
