@@ -2,7 +2,10 @@
 
 ``kafka://host1:9092,host2:9092`` names the bootstrap brokers. One keel record is one Kafka
 message: the value bytes as given (JSON from the gateway, so any Kafka client reads it), the key
-bytes, the ``headers`` map as Kafka headers and the record timestamp as the message timestamp.
+bytes, the ``headers`` map as Kafka headers and the record timestamp as the message timestamp
+(CreateTime). Kafka differs from ``file://`` in two corners: a timestamp of exactly 0 ms means
+"now" to librdkafka, and timestamps before 1970 or beyond the topic's
+``message.timestamp.after.max.ms`` (1 hour by default) are refused with ``SchemaError``.
 
 Durability: the producer is idempotent with ``acks=all``; ``produce`` returns only after every
 message of the batch has its delivery report, and raises ``BackendError`` (acknowledging nothing)
@@ -338,7 +341,7 @@ class KafkaBus:
         before, after = self._timestamp_limits[stream]
         values = pc.drop_null(stamps).cast(pa.int64()).to_numpy()
         now = time.time_ns() // 1_000_000
-        bad = (values < now - min(before, 2**62)) | (values > now + min(after, 2**62))
+        bad = (values < max(0, now - before)) | (values > now + min(after, 2**62))  # Kafka has no time before 1970
         if bad.any():
             raise SchemaError(
                 f"stream {stream!r}: {int(bad.sum())} record(s) have a timestamp Kafka refuses (e.g. "
