@@ -25,6 +25,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.harness.process import free_port
+
 ROOT = Path(__file__).resolve().parents[2]
 KAFKA_LIB = Path(os.environ.get("KEEL_KAFKA_LIB", ROOT / ".cache" / "kafka" / "lib"))
 INSTALL_HINT = "run `bash scripts/install-kafka.sh` (fetches the Kafka jars with mvn and pip-installs confluent-kafka)"
@@ -50,12 +52,6 @@ class KafkaUnavailable(RuntimeError):
     """The broker cannot be started here; the message says what to install or fix."""
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def kafka_classpath() -> str:
     """The JVM class path of the cached Kafka jars, or KafkaUnavailable naming the install script."""
     if not any(KAFKA_LIB.glob("kafka_2.13-*.jar")) or not any(KAFKA_LIB.glob("kafka-tools-*.jar")):
@@ -73,8 +69,8 @@ class KafkaBroker:
         self.dir = Path(data_dir) if data_dir else Path(tempfile.mkdtemp(prefix="keel-kafka-"))
         self._owns_dir = data_dir is None
         self.dir.mkdir(parents=True, exist_ok=True)
-        self.port = _free_port()
-        self.controller_port = _free_port()
+        self.port = free_port()
+        self.controller_port = free_port()
         self.heap = heap
         self.log_path = self.dir / "broker.log"
         self.process: subprocess.Popen[bytes] | None = None
