@@ -97,6 +97,7 @@ def test_redis_outage_mid_load(gateway: tuple[str, Runtime, Any], redis_server: 
         restarted_at = time.monotonic()
         admin = redis.Redis.from_url(redis_url)
         seed(rt)  # the restarted server is empty (no persistence): the processors would rewrite it
+        seeded_at = time.monotonic()
         deadline = time.monotonic() + 20
         recovered, recovered_at = False, 0.0
         while time.monotonic() < deadline:  # it must recover by itself: nobody resets anything
@@ -119,7 +120,10 @@ def test_redis_outage_mid_load(gateway: tuple[str, Runtime, Any], redis_server: 
     assert during.status_code == 503 and during.json()["breakers"]["kv"] != "closed"
     statuses = {s for _, s, _, _ in results}
     assert -1 not in statuses, [r for r in results if r[1] == -1][:3]  # every request was answered
-    assert statuses <= {200, 503}, statuses
+    # 404 is right only while the restarted, empty Redis has not been refilled yet
+    refilling = [s for t, s, _, _ in results if not restarted_at - REQUEST_TIMEOUT < t < seeded_at + REQUEST_TIMEOUT]
+    assert set(refilling) <= {200, 503}, set(refilling)
+    assert statuses <= {200, 404, 503}, statuses
     # answered within the time limit: a behaviour bound (the limit), not a performance figure
     slowest = max(elapsed for _, _, elapsed, _ in results)
     assert slowest < REQUEST_TIMEOUT + 1.0, slowest
