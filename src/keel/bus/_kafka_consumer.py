@@ -26,6 +26,10 @@ from keel.errors import (
 
 log = logging.getLogger("keel.bus.kafka")
 
+# Kafka error codes of a commit refused because the group moved on (a rebalance): ILLEGAL_GENERATION,
+# UNKNOWN_MEMBER_ID, REBALANCE_IN_PROGRESS, FENCED_INSTANCE_ID.
+_REBALANCED = frozenset({22, 25, 27, 82})
+
 # How long a new member waits for its first assignment before it starts reading.
 JOIN_TIMEOUT = 30.0
 
@@ -178,6 +182,10 @@ class KafkaConsumer:
         try:
             answer = self._consumer.commit(offsets=tps, asynchronous=False)
         except self._ck.KafkaException as exc:
+            if exc.args[0].code() in _REBALANCED:
+                raise ConflictError(f"committing offsets of group {self.group!r}: the group rebalanced and this "
+                                    "member no longer owns those partitions; their new owner reads them from the "
+                                    "last committed offsets") from exc
             raise translate(exc, f"committing offsets of group {self.group!r}") from exc
         failed = [tp for tp in answer or [] if tp.error is not None]
         if failed:

@@ -30,7 +30,7 @@ import pyarrow as pa
 
 from keel.bus import dlq_name
 from keel.declare import Aggregation, Processor
-from keel.errors import KeelError
+from keel.errors import ConflictError, KeelError
 from keel.monitor.streams import processor_metrics
 from keel.streaming.enrich import enrich
 from keel.streaming.stateful import StatefulEngine
@@ -141,6 +141,15 @@ class Runner:
         lag = sum(max(0, p.end_offset - self.stats.offsets.get(p.partition, p.start_offset))
                   for p in info.partitions if p.partition in mine)
         self.metrics["lag"].set(lag)
+
+    def commit_group(self, offsets: dict[int, int]) -> None:
+        """Commit the group's offsets (they serve lag and a fresh start; exactness comes from the lake
+        commits). A commit refused because partitions moved in a rebalance is not an error here: the
+        new owner resumes from the lake, so this member just goes on with what it still owns."""
+        try:
+            self.consumer.commit(offsets)
+        except ConflictError as exc:
+            log.info("%s: %s", self.decl.name, exc)
 
     def count_late(self, n: int) -> None:
         self.stats.late += n

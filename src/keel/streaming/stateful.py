@@ -233,7 +233,7 @@ class StatefulEngine:
         unit_dir = save_unit(rt.state_dir, self.decl.name, unit)
         self._deliver(unit, unit_dir)
         point_to_unit(rt.state_dir, self.decl.name, unit_dir, version)
-        self.r.consumer.commit(dict(self.offsets))
+        self.r.commit_group(dict(self.offsets))
         self._reset_pending()
         self.last_commit = time.monotonic()
         self.last_commit_cost = self.last_commit - t0

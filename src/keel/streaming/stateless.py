@@ -172,7 +172,7 @@ class StatelessEngine:
         for v in self.views:
             if key is not None:
                 write_view_rows(self.r.rt.views, v.name, keyed_view_rows(key, out_all))
-        self.r.consumer.commit(next_offsets)
+        self.r.commit_group(next_offsets)
         return int(batch.num_rows)
 
     def _commit_partition(self, p: int, events: pl.DataFrame, offs: np.ndarray, out: pl.DataFrame, nxt: int) -> None:
