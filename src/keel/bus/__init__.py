@@ -17,4 +17,4 @@ def open_bus(url: str, **options: object) -> Bus:
     return bus
 
 
-__all__ = ["Bus", "Consumer", "StreamConfig", "dlq_name", "open_bus", "ENGINES"]
+__all__ = ["ENGINES", "Bus", "Consumer", "StreamConfig", "dlq_name", "open_bus"]

@@ -21,6 +21,8 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 import pyarrow as pa
 
+from keel.errors import SchemaError
+
 HEADERS_TYPE = pa.map_(pa.string(), pa.binary())
 TIMESTAMP_TYPE = pa.timestamp("ms", tz="UTC")
 
@@ -209,3 +211,29 @@ def _crc32_each(keys: pa.Array) -> np.ndarray:
     out = np.empty(n, dtype=np.uint32)
     out[order] = crc ^ np.uint32(0xFFFFFFFF)
     return out
+
+
+def conform_produce(batch: pa.RecordBatch | pa.Table) -> pa.Table:
+    """The batch as a Table of PRODUCE_SCHEMA's columns (cast), or SchemaError saying what is wrong."""
+    if isinstance(batch, pa.RecordBatch):
+        table = pa.Table.from_batches([batch])
+    elif isinstance(batch, pa.Table):
+        table = batch
+    else:
+        raise SchemaError(f"produce takes a pyarrow RecordBatch or Table, not {type(batch).__name__}")
+    unknown = [c for c in table.column_names if c not in PRODUCE_SCHEMA.names]
+    if unknown or "value" not in table.column_names:
+        raise SchemaError(
+            f"produce got columns {table.column_names}: it takes {PRODUCE_SCHEMA.names} ('value' required)"
+            + (f"; unknown: {unknown}" if unknown else "")
+        )
+    columns = {}
+    for name in table.column_names:
+        target = PRODUCE_SCHEMA.field(name).type
+        try:
+            columns[name] = table.column(name).cast(target)
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError) as exc:
+            raise SchemaError(f"produce: column {name!r} of type {table.column(name).type} cannot be read as {target}") from exc
+    if columns["value"].null_count:
+        raise SchemaError(f"produce: {columns['value'].null_count} record(s) have a null value; every record needs one")
+    return pa.table(columns)

@@ -50,12 +50,12 @@ from keel.bus._shared import FileLock, fsync_dir
 from keel.bus.base import (
     DLQ_SUFFIX,
     HEADERS_TYPE,
-    PRODUCE_SCHEMA,
     TIMESTAMP_TYPE,
     PartitionInfo,
     Produced,
     StreamConfig,
     StreamInfo,
+    conform_produce,
     dlq_name,
     partition_for,
 )
@@ -65,7 +65,6 @@ from keel.errors import (
     ConfigError,
     ConflictError,
     NotFoundError,
-    SchemaError,
 )
 
 _NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]{0,199}$")
@@ -391,34 +390,15 @@ def _split(batch: pa.RecordBatch) -> list[pa.RecordBatch]:
 
 def normalize(batch: pa.RecordBatch | pa.Table) -> pa.RecordBatch:
     """`batch` as one RecordBatch of the stored columns; SchemaError naming what is wrong."""
-    if isinstance(batch, pa.Table):
-        batches = batch.combine_chunks().to_batches()
-        batch = batches[0] if batches else pa.RecordBatch.from_pylist([], schema=batch.schema)
-    if not isinstance(batch, pa.RecordBatch):
-        raise SchemaError(f"produce takes a pyarrow RecordBatch or Table, not {type(batch).__name__}")
-    names = batch.schema.names
-    unknown = [n for n in names if n not in PRODUCE_SCHEMA.names]
-    if unknown or "value" not in names:
-        raise SchemaError(
-            f"produce got columns {names}: it takes {PRODUCE_SCHEMA.names} ('value' required)"
-            + (f"; unknown: {unknown}" if unknown else "")
-        )
-    n = batch.num_rows
+    table = conform_produce(batch)  # checked and cast as on every engine
+    names, n = table.column_names, table.num_rows
 
     def column(name: str, type_: pa.DataType) -> pa.Array:
         if name not in names:
             return pa.nulls(n, type_)
-        arr = batch.column(name)
-        if arr.type == type_:
-            return arr
-        try:
-            return arr.cast(type_)
-        except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError) as exc:
-            raise SchemaError(f"produce: column {name!r} of type {arr.type} cannot be read as {type_} ({exc})") from exc
+        return table.column(name).combine_chunks()
 
     value = column("value", pa.binary())
-    if value.null_count:
-        raise SchemaError(f"produce: {value.null_count} record(s) have a null value; every record needs one")
     if "timestamp" not in names:  # the common case: the append time (built as int64: 30x cheaper than fill_null)
         ts = pa.array(np.full(n, now_ms(), dtype=np.int64)).view(TIMESTAMP_TYPE)
     else:

@@ -37,12 +37,13 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from keel.bus._kafka_consumer import KafkaConsumer, translate
-from keel.bus._kafka_producer import Sender, as_produce_batch
+from keel.bus._kafka_producer import Sender
 from keel.bus.base import (
     PartitionInfo,
     Produced,
     StreamConfig,
     StreamInfo,
+    conform_produce,
     dlq_name,
     partition_for,
 )
@@ -312,7 +313,7 @@ class KafkaBus:
 
     def produce(self, stream: str, batch: pa.RecordBatch | pa.Table) -> Produced:
         """Send every record and return once all are acknowledged by the in-sync replicas."""
-        batch = as_produce_batch(batch)
+        batch = conform_produce(batch)
         count = self._partition_count(stream)
         n = batch.num_rows
         keys = batch.column("key") if "key" in batch.column_names else pa.nulls(n, pa.binary())
