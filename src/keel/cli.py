@@ -42,16 +42,17 @@ def _runtime(project: Path, profile: str | None) -> Any:
     return Runtime.open(project, profile)
 
 
-def print_rows(rows: list[dict[str, Any]], title: str | None = None) -> None:
+def print_rows(rows: list[dict[str, Any]], title: str | None = None, console: Console | None = None) -> None:
+    console = console or out
     if not rows:
-        out.print(f"[dim]no {title or 'rows'}[/dim]")
+        console.print(f"[dim]no {title or 'rows'}[/dim]")
         return
     table = RichTable(title=title)
     for col in rows[0]:
         table.add_column(str(col))
     for r in rows:
         table.add_row(*["" if v is None else str(v) for v in r.values()])
-    out.print(table)
+    console.print(table)
 
 
 @app.command()

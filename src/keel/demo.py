@@ -59,6 +59,7 @@ def _items_in(category: int) -> list[str]:
 class Simulator:
     def __init__(self, client: httpx.Client, users: int, seed: int, aa: bool) -> None:
         self.client = client
+        self.seed = seed
         self.rng = random.Random(seed)
         self.users = [f"user-{i:05d}" for i in range(users)]
         self.likes = {u: self.rng.randrange(CATEGORIES) for u in self.users}
@@ -100,9 +101,12 @@ class Simulator:
             liked = [i for i in items if item_category(i) == self.likes[u]]
             share = len(liked) / len(items) if items else 0.0
             p = 0.10 if self.aa else 0.05 + 0.15 * share
-            if self.rng.random() < p:
-                item = self.rng.choice(liked or items or _items_in(self.likes[u]))
-                purchases.append({"user_id": u, "item_id": item, "price": round(self.rng.uniform(5, 80), 2)})
+            # each user's own draw: whether they buy depends on them and on what they were shown, never on
+            # how many random numbers other users' answers happened to consume (runs are reproducible)
+            draw = random.Random(f"{self.seed}:{u}")
+            if draw.random() < p:
+                item = draw.choice(liked or items or _items_in(self.likes[u]))
+                purchases.append({"user_id": u, "item_id": item, "price": round(draw.uniform(5, 80), 2)})
             if len(purchases) >= 200:
                 self.post("purchases", purchases)
                 purchases = []
@@ -182,13 +186,13 @@ def print_summary(s: Summary, console: Console, seconds: float) -> None:
     from keel.cli import print_rows
 
     console.rule("[bold]summary[/bold] (read back from the engines)")
-    print_rows([{"stream": k, "events acknowledged": v} for k, v in s.acknowledged.items()], "bus")
+    print_rows([{"stream": k, "events acknowledged": v} for k, v in s.acknowledged.items()], "bus", console)
     console.print(f"requests refused as invalid (nothing written): {s.rejected_requests}")
-    print_rows(s.processors, "processors (events read; late events counted and kept out of closed windows)")
-    print_rows([{"table": k, "rows": v} for k, v in s.tables.items()], "lake")
-    print_rows([{"view": k, "keys": v} for k, v in s.views.items()], "views")
-    print_rows(s.jobs, "job runs")
-    print_rows(s.checks, "checks")
+    print_rows(s.processors, "processors (events read; late events counted and kept out of closed windows)", console)
+    print_rows([{"table": k, "rows": v} for k, v in s.tables.items()], "lake", console)
+    print_rows([{"view": k, "keys": v} for k, v in s.views.items()], "views", console)
+    print_rows(s.jobs, "job runs", console)
+    print_rows(s.checks, "checks", console)
     for metric, result in s.experiment.items():
         console.print(f"[bold]experiment recs_v2 / {metric}[/bold]")
         for line in result.summary_lines():
