@@ -165,7 +165,7 @@ def read_summary(rt: Runtime, platform: Platform, metrics_text: str) -> Summary:
     tables = {t: rt.lake.describe(t).rows for t in sorted(rt.lake.list_tables())}
     views = {v: rt.views.count(v) for v in rt.catalog.views}
     jobs = [{"job": r.task, "state": r.state, "attempts": r.attempts} for r in platform.scheduler.runs()]
-    exp = {m: r for m, r in experiment_report(rt, "recs_v2").items()}
+    exp = experiment_report(rt, "recs_v2")
     rejected = sum(int(float(line.rsplit(" ", 1)[1])) for line in metrics_text.splitlines()
                    if line.startswith("keel_events_rejected_total"))
     processors = [{k: row.get(k) for k in ("name", "events", "late", "dead_lettered")}
