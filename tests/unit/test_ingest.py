@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import msgspec
 import pyarrow as pa
 import pytest
 
 import keel
 from keel.errors import ValidationError
-from keel.serve.ingest import parse_events, to_batch
+from keel.serve.ingest import accepted_body, parse_events, to_batch
 from keel.streaming.decode import to_events
 
 
@@ -52,6 +53,40 @@ def test_batch_round_trips_into_lake_rows() -> None:
         "timestamp": batch.column("timestamp"), "key": batch.column("key"), "value": batch.column("value"),
         "headers": batch.column("headers")})
     rows = to_events(records, Purchase)
-    assert rows.get_column("event_id").to_list() == ids
+    assert rows.get_column("event_id").to_list() == ids.as_list()
+    assert msgspec.json.decode(accepted_body(ids)) == {"accepted": 2, "event_ids": ids.as_list()}
     assert rows.get_column("price").to_list() == [2.5, 3.0]
     assert str(rows.get_column("event_date")[0]) == "2024-05-01"
+
+
+class Reading(keel.Event):
+    sensor: int | None
+    note: str
+
+
+def test_batch_columns_match_each_event_encoded_alone() -> None:
+    """The columnar build gives what one encode per event would: values (newlines inside strings
+    included), keys as text (ints in decimal, None as a null key) and event times."""
+    events = parse_events(Reading, b'[{"sensor":12,"note":"two\\nlines"},{"sensor":null,"note":"}\\n{"},'
+                                   b'{"sensor":-3,"note":"\xc3\xa9","ts":"2024-05-01T10:00:00.250Z"}]', ndjson=False)
+    batch, ids = to_batch(events, "sensor", 4)
+    assert batch.column("value").to_pylist() == [msgspec.json.encode(e) for e in events]
+    assert batch.column("key").to_pylist() == [b"12", None, b"-3"]
+    stamps = batch.column("timestamp").cast(pa.int64()).to_pylist()
+    assert stamps[2] == 1714557600250 and abs(stamps[0] - stamps[1]) < 1000
+    headers = batch.column("headers").to_pylist()
+    assert [dict(h) for h in headers] == [{"event_id": i.encode(), "schema_version": b"4"} for i in ids.as_list()]
+    assert len(set(ids.as_list())) == 3 and all(len(i) == 32 for i in ids.as_list())
+    assert to_batch(events, "note", 1)[0].column("key").to_pylist() == ["two\nlines".encode(), b"}\n{", "é".encode()]
+
+
+class Priced(keel.Event):
+    price: float
+
+
+def test_a_float_key_is_its_python_text_in_every_batch() -> None:
+    """Keys of the same value land on the same partition whatever else is in the batch."""
+    alone = to_batch(parse_events(Priced, b'[{"price":2.0}]', ndjson=False), "price", 1)[0]
+    mixed = to_batch(parse_events(Priced, b'[{"price":2.0},{"price":2.5}]', ndjson=False), "price", 1)[0]
+    assert alone.column("key").to_pylist() == [b"2.0"]
+    assert mixed.column("key").to_pylist() == [b"2.0", b"2.5"]

@@ -24,11 +24,12 @@ from starlette.routing import Route, Router, compile_path
 from keel.errors import BackendError, ValidationError
 from keel.serve.endpoints import EndpointRequest, endpoint_handler
 from keel.serve.front import Gateway, Services
-from keel.serve.ingest import parse_events, to_batch
+from keel.serve.ingest import accepted_body, parse_events, to_batch
 from keel.serve.keys import KeyRing, keys_path
 from keel.serve.limits import GatewayOptions
 from keel.serve.metrics import Metrics
 from keel.serve.openapi import openapi_document
+from keel.serve.produce import GroupProducer
 from keel.serve.resilience import Backend
 from keel.serve.responses import json_response, unavailable
 
@@ -47,6 +48,7 @@ def build_app(runtime: Any, options: GatewayOptions | None = None) -> Gateway:
                         bus=Backend("bus", options.bus),
                         executor=ThreadPoolExecutor(options.workers, thread_name_prefix="keel-gateway"))
     metrics = Metrics(services.breakers)
+    producer = GroupProducer(lambda stream, table: runtime.bus.produce(stream, table), services.bus, services.executor)
 
     async def ingest(request: Request) -> Response:
         name = request.path_params["stream"]
@@ -63,15 +65,14 @@ def build_app(runtime: Any, options: GatewayOptions | None = None) -> Gateway:
         if not events:
             return json_response({"error": "no events in the body"}, 400)
         batch, ids = to_batch(events, decl.key, decl.schema.schema_version)
-        loop = asyncio.get_running_loop()
         try:
-            await services.bus.call(lambda: loop.run_in_executor(services.executor, runtime.bus.produce, name, batch))
+            await producer.produce(name, batch)
         except BackendError as exc:
             # a produce that timed out may still complete: the events carry ids, so a retry is detectable
             return unavailable(f"events not acknowledged (they may or may not have been written; retrying is "
                                f"safe, each event has an event_id): {exc}", getattr(exc, "retry_after", 1.0))
         metrics.ingested.labels(name).inc(len(events))
-        return json_response({"accepted": len(events), "event_ids": ids}, 202)
+        return Response(accepted_body(ids), 202, media_type="application/json")
 
     async def healthz(request: Request) -> Response:
         return json_response({"status": "ok"})
