@@ -281,3 +281,34 @@ def test_processor_metrics_are_exported(shop: Any) -> None:
     assert events() - before == 25
     assert 'keel_stream_events_total{processor="land_clicks"}' in text
     assert 'keel_stream_consumer_lag{processor="land_clicks"} 0.0' in text
+
+
+def test_views_of_a_unit_of_many_batches_show_the_newest_counts_and_the_true_top(tmp_path: Path) -> None:
+    """Several micro-batches per committed unit: each key's view shows its latest running count, and
+    `_top` ranks every key of the latest window, including keys the last batches did not touch."""
+    with collecting():
+        clicks = keel.stream("clicks", Click, key="user_id")
+
+        @keel.aggregate(clicks, by="item_id", window=keel.tumbling("1h"), top=2,
+                        into=[keel.view("counts"), keel.table("counts_1h")])
+        def counts(w):  # type: ignore[no-untyped-def]
+            return {"views": w.count()}
+    rt = engines(tmp_path, ["counts"])
+    rt.bus.create_stream(StreamConfig("clicks", 1))
+    # item a: 5 views early on; b: 3; c: 1 + 1 later; only c and b appear in the later batches
+    batches = [[("u", "a", 1.0)] * 5, [("u", "b", 2.0)] * 2, [("u", "c", 3.0)], [("u", "b", 4.0), ("u", "c", 5.0)]]
+    start = 0
+    for rows in batches:
+        produce(rt, "clicks", rows, start)
+        start += len(rows)
+    runner = Runner(counts, rt, max_records=3)  # several batches before the unit is committed
+    runner.engine.min_commit_seconds = 3600
+    runner.engine.last_commit = float("inf")
+    runner.start()
+    drain(runner, start)
+    assert runner.stats.batches > 1
+    assert {k: rt.views.get("counts", k)["views"] for k in "abc"} == {"a": 5, "b": 3, "c": 2}
+    top = rt.views.get("counts", "_top")["items"]
+    assert top == [{"item_id": "a", "views": 5}, {"item_id": "b", "views": 3}]
+    rt.bus.close()
+    rt.kv.close()

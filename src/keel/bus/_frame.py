@@ -27,10 +27,10 @@ from __future__ import annotations
 
 import mmap
 import struct
-import zlib
 from typing import NamedTuple
 
 import pyarrow as pa
+from isal.isal_zlib import crc32  # zlib's CRC-32 (same values), ~4.5x faster (ISA-L); readers check every byte
 
 from keel.bus.base import HEADERS_TYPE, TIMESTAMP_TYPE
 
@@ -78,7 +78,7 @@ def pack_header(
     length: int, records: int, base: int, durable: int, min_ts: int, max_ts: int, append_ms: int, payload_crc: int
 ) -> bytes:
     body = _BODY.pack(length, records, base, durable, min_ts, max_ts, append_ms, payload_crc, 0)
-    return MAGIC + _CRC.pack(zlib.crc32(body)) + body
+    return MAGIC + _CRC.pack(crc32(body)) + body
 
 
 def parse_header(buf: Buf, pos: int) -> Header | None:
@@ -86,7 +86,7 @@ def parse_header(buf: Buf, pos: int) -> Header | None:
     if len(buf) - pos < HEADER_SIZE or buf[pos : pos + 4] != MAGIC:
         return None
     (crc,) = _CRC.unpack_from(buf, pos + 4)
-    if zlib.crc32(buf[pos + 8 : pos + HEADER_SIZE]) != crc:
+    if crc32(buf[pos + 8 : pos + HEADER_SIZE]) != crc:
         return None
     fields = _BODY.unpack_from(buf, pos + 8)
     header = Header(*fields[:8])
@@ -99,18 +99,18 @@ def payload_ok(header: Header, buf: Buf, pos: int) -> bool:
     """Whether the payload of the frame at `pos` is complete in `buf` and matches its CRC."""
     start = pos + HEADER_SIZE
     end = start + header.length
-    return end <= len(buf) and zlib.crc32(buf[start:end]) == header.payload_crc
+    return end <= len(buf) and crc32(buf[start:end]) == header.payload_crc
 
 
 def crc_ok(header: Header, payload: Buf) -> bool:
     """Whether `payload` (exactly the frame's payload bytes) matches the header's CRC."""
-    return len(payload) == header.length and zlib.crc32(payload) == header.payload_crc
+    return len(payload) == header.length and crc32(payload) == header.payload_crc
 
 
 def encode(batch: pa.RecordBatch, base: int, durable: int, min_ts: int, max_ts: int, append_ms: int) -> tuple[bytes, pa.Buffer]:
     """The header and payload of a frame holding `batch` (of STORED_SCHEMA) at offset `base`."""
     payload = batch.serialize()
-    header = pack_header(payload.size, batch.num_rows, base, durable, min_ts, max_ts, append_ms, zlib.crc32(payload))
+    header = pack_header(payload.size, batch.num_rows, base, durable, min_ts, max_ts, append_ms, crc32(payload))
     return header, payload
 
 

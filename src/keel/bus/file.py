@@ -34,13 +34,13 @@ import threading
 import time
 import uuid
 import weakref
-import zlib
 from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+from isal.isal_zlib import crc32
 
 from keel.bus import _frame
 from keel.bus._consumer import FileConsumer
@@ -297,7 +297,7 @@ class FileBus:
             for piece in _split(sub):
                 ts = piece.column("timestamp").view(pa.int64()).to_numpy()
                 payload = piece.serialize()
-                frames.append(Frame(payload, zlib.crc32(payload), payload.size, piece.num_rows, int(ts.min()), int(ts.max())))
+                frames.append(Frame(payload, crc32(payload), payload.size, piece.num_rows, int(ts.min()), int(ts.max())))
             plog = self._log(st, p)
             bases[p], end = plog.append(frames)
             pending.append((plog, end))

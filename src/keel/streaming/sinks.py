@@ -38,7 +38,7 @@ def window_view_rows(by: str, running: pl.DataFrame, closed: pl.DataFrame) -> pl
     version = pl.col(WEND).dt.epoch("ms") * 1000 + pl.col("__bonus")
     value_cols = [c for c in both.columns if c != "__bonus"]
     return (both.with_columns(version.alias("version"))
-            .sort("version")
+            .sort("version", maintain_order=True)  # equal versions (one window, several batches): the last wins
             .unique(by, keep="last", maintain_order=False)
             .select(pl.col(by).cast(pl.String).alias("key"), "version",
                     pl.struct(value_cols).struct.json_encode().cast(pl.Binary).alias("value")))

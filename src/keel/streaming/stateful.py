@@ -68,18 +68,33 @@ class WindowOperator:
         self.decl = decl
         self.windows: WindowState | SessionState = (SessionState(decl) if decl.window.type == "session"
                                                     else WindowState(decl))
+        self._running: list[pl.DataFrame] = []  # per batch since the last unit: windows it touched
+        self._closed: list[pl.DataFrame] = []
 
     def _empty_output(self) -> pl.DataFrame:
         return self.windows.update(_empty_events(self.decl)).closed
 
     def update(self, events: pl.DataFrame, partitions: Any = None,
-               active: set[int] | None = None) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame]:
+               active: set[int] | None = None) -> tuple[pl.DataFrame, pl.DataFrame]:
         out = self.windows.update(events, partitions, active)
-        views = window_view_rows(self.decl.by, out.running, out.closed)
+        self._running.append(out.running)
+        self._closed.append(out.closed)
+        return out.closed, out.late
+
+    def pending_views(self) -> pl.DataFrame:
+        """The view rows of the batches since the last unit: the newest window per key (built once
+        per unit, not per batch: only the newest row of a key could win its upsert anyway)."""
+        running = pl.concat(self._running, how="vertical_relaxed") if self._running else pl.DataFrame()
+        closed = pl.concat(self._closed, how="vertical_relaxed") if self._closed else pl.DataFrame()
+        self._running, self._closed = [], []
+        views = window_view_rows(self.decl.by, running, closed)
         if self.decl.top:
+            # ranked over every key of the latest open window, not only the keys the batches touched
+            current = (self.windows.final(self.windows.state) if isinstance(self.windows, WindowState)
+                       and self.windows.state is not None else running)
             views = pl.concat([views, top_view_rows(self.decl.by, next(iter(self.decl.measures)), self.decl.top,
-                                                    out.running)])
-        return out.closed, out.late, views
+                                                    current)])
+        return views
 
     def watermark(self) -> int | None:
         return self.windows.watermark_us
@@ -103,12 +118,20 @@ class KeyedOperator:
         assert decl.state_key is not None
         self.decl, self.runner = decl, runner
         self.state = KeyedState(decl.state_key)
+        self._views: list[pl.DataFrame] = []
 
     def update(self, events: pl.DataFrame, partitions: Any = None,
-               active: set[int] | None = None) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame]:
+               active: set[int] | None = None) -> tuple[pl.DataFrame, pl.DataFrame]:
         out = self.runner.transform(events, state=self.state)
         key = self.decl.state_key or ""
-        return out, events.clear(), keyed_view_rows(key, out) if key in out.columns else empty_view_rows()
+        if key in out.columns:
+            self._views.append(keyed_view_rows(key, out))
+        return out, events.clear()
+
+    def pending_views(self) -> pl.DataFrame:
+        views = pl.concat(self._views) if self._views else empty_view_rows()
+        self._views = []
+        return newest_per_key(views)
 
     def watermark(self) -> int | None:
         return None
@@ -145,7 +168,6 @@ class StatefulEngine:
     def _reset_pending(self) -> None:
         self.rows: list[pl.DataFrame] = []
         self.late: list[pl.DataFrame] = []
-        self.view_rows: list[pl.DataFrame] = []
         self.pending = 0
 
     @property
@@ -189,7 +211,7 @@ class StatefulEngine:
         now = time.monotonic()
         for p in set(parts.tolist()):
             self.last_seen[p] = now
-        rows, late, views = self.op.update(events, parts, self._active(now))
+        rows, late = self.op.update(events, parts, self._active(now))
         for p in set(parts.tolist()):
             self.offsets[p] = max(self.offsets.get(p, 0), int(offs[parts == p].max()) + 1)
         if rows.height:
@@ -197,8 +219,6 @@ class StatefulEngine:
         if late.height:
             self.late.append(late)
             self.r.count_late(late.height)
-        if views.height:
-            self.view_rows.append(views)
         self.pending += batch.num_rows
         if self.due():
             self.commit()
@@ -227,8 +247,7 @@ class StatefulEngine:
         frames = dict(self.op.frames())
         frames["rows"] = pl.concat(self.rows, how="vertical_relaxed") if self.rows else pl.DataFrame()
         frames["late"] = pl.concat(self.late, how="vertical_relaxed") if self.late else pl.DataFrame()
-        views = pl.concat(self.view_rows) if self.view_rows else empty_view_rows()
-        frames["views"] = newest_per_key(views)
+        frames["views"] = self.op.pending_views()
         unit = Unit(version, dict(self.offsets), self.op.watermark(), frames)
         unit_dir = save_unit(rt.state_dir, self.decl.name, unit)
         self._deliver(unit, unit_dir)
