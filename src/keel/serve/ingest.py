@@ -149,7 +149,8 @@ def _keys(events: list[Event], key_field: str) -> pa.Array:
     raw = list(map(attrgetter(key_field), events))
     type_ = _key_type(type(events[0]), key_field) if events else None
     if type_ is not None:
-        return pa.array(raw, type_).cast(pa.string()).cast(pa.binary())
+        column = pa.array(raw, type_)
+        return (column if type_ == pa.string() else column.cast(pa.string())).view(pa.binary())
     return pa.array([None if k is None else str(k).encode() for k in raw], pa.binary())
 
 
