@@ -312,3 +312,32 @@ def test_views_of_a_unit_of_many_batches_show_the_newest_counts_and_the_true_top
     assert top == [{"item_id": "a", "views": 5}, {"item_id": "b", "views": 3}]
     rt.bus.close()
     rt.kv.close()
+
+
+def test_a_stateful_processor_runs_as_one_instance_and_a_killed_one_frees_its_claim(shop: Any) -> None:
+    """A second process running the same aggregation is refused at start (its checkpoints and the
+    first's would overwrite each other and its windows would land twice); kill -9 frees the claim."""
+    import signal
+    import subprocess
+    import sys
+
+    from keel.errors import ConflictError
+    from keel.streaming.checkpoint import release
+
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from keel.streaming.checkpoint import claim; "
+         "claim(sys.argv[1], 'counts'); print('held', flush=True); time.sleep(60)", str(shop.rt.state_dir)],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+        with pytest.raises(ConflictError, match=rf"already running in another process \(pid {holder.pid}\)"):
+            Runner(shop.counts, shop.rt).start()
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait(10)
+    produce(shop.rt, "clicks", [("u1", "a", 1.0)])
+    runner = Runner(shop.counts, shop.rt)
+    runner.start()  # the killed holder's claim went with it
+    drain(runner, 1)
+    assert runner.stats.events == 1
+    release(shop.rt.state_dir, "counts")

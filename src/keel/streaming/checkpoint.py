@@ -8,13 +8,17 @@ match its offsets.
 
 from __future__ import annotations
 
+import fcntl
 import io
 import json
 import os
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
 import polars as pl
+
+from keel.errors import ConflictError
 
 
 def _fsync_dir(path: Path) -> None:
@@ -102,3 +106,46 @@ def unit_pointer(root: Path, name: str) -> tuple[str, int] | None:
     if "unit" not in meta:
         return None
     return str(meta["unit"]), int(meta["version"])
+
+
+# -- one running instance per stateful processor ------------------------------------------------
+
+_claims: dict[Path, int] = {}  # lock file -> the descriptor holding its flock, in this process
+_claims_lock = threading.Lock()
+
+
+def claim(state_dir: Path, name: str, doing: str = "runs") -> bool:
+    """Make this process the only one running the stateful processor `name` on `state_dir`.
+
+    Two processes running one stateful processor would overwrite each other's checkpoints and land
+    their closed windows twice, so a second one gets `ConflictError` at start. The claim is an
+    flock on ``<name>.lock``: the kernel drops it when its process exits, however it dies, so a
+    restart after kill -9 is never refused. Within one process a later claim is a no-op (a runner
+    restarted in place takes over) and returns False; a new claim returns True.
+    """
+    path = Path(state_dir) / f"{name}.lock"
+    with _claims_lock:
+        if path in _claims:
+            return False
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise ConflictError(
+                f"stateful processor {name!r} is already running in another process (pid {holder}), and it "
+                f"{doing} as one instance only: stop the other `keel up` (or `keel replay`) first") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        _claims[path] = fd
+        return True
+
+
+def release(state_dir: Path, name: str) -> None:
+    """Give up the claim of `claim` (a process exiting gives it up anyway)."""
+    with _claims_lock:
+        fd = _claims.pop(Path(state_dir) / f"{name}.lock", None)
+    if fd is not None:
+        os.close(fd)

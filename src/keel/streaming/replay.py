@@ -35,7 +35,9 @@ import pyarrow.compute as pc
 from keel.declare import Aggregation, Processor, Table
 from keel.errors import KeelError, NotFoundError
 from keel.lake import open_lake
+from keel.streaming.checkpoint import claim, release
 from keel.streaming.runner import Runner, is_stateful
+from keel.streaming.stateful import StatefulEngine
 from keel.streaming.stateless import decode, encode, writer_of
 
 
@@ -68,6 +70,8 @@ def replay(runtime: Any, processor: str | Processor | Aggregation, *, from_offse
     if tables and (from_time is not None or any((from_offset or 0) > earliest[p] for p in end)):
         raise KeelError(f"{decl.name} writes lake tables ({', '.join(t.name for t in tables)}), which a replay "
                         "rebuilds whole: replay it from the start of the stream with --from 0")
+    # a stateful processor's state is replaced at the end: refused while the processor runs elsewhere
+    claimed = is_stateful(decl) and claim(runtime.state_dir, decl.name, doing="replays")
     scratch = runtime.state_dir / f"replay-{decl.name}-{uuid.uuid4().hex[:8]}"
     scratch.mkdir(parents=True)
     shadow = replace(decl, name=f"{decl.name}__replay")
@@ -109,7 +113,11 @@ def replay(runtime: Any, processor: str | Processor | Aggregation, *, from_offse
         return ReplayResult(decl.name, records, counts, end)
     finally:
         runner.consumer.close()
+        if isinstance(runner.engine, StatefulEngine):
+            runner.engine.close()
         shutil.rmtree(scratch, ignore_errors=True)
+        if claimed:
+            release(runtime.state_dir, decl.name)
 
 
 def _swap_in(lake: Any, scratch: Any, table: str) -> int:

@@ -221,3 +221,5 @@ class Runner:
         finally:
             if self.consumer is not None:
                 self.consumer.close()
+            if isinstance(self.engine, StatefulEngine):
+                self.engine.close()

@@ -18,7 +18,9 @@ Units are cut adaptively (backpressure of the commit cost): when the poll finds 
 `min_commit_seconds` and four times the last commit's cost (commits take at most ~20% of the time).
 
 These processors read every partition of their stream in one process (their state is global):
-run one instance each; scale-out is for stateless processors (`keel.streaming.stateless`).
+one instance each, enforced by a claim on the state directory (`checkpoint.claim`: a second
+process gets ConflictError at start); scale-out is for stateless processors
+(`keel.streaming.stateless`).
 """
 
 from __future__ import annotations
@@ -34,8 +36,10 @@ from keel.declare import Aggregation, Processor, Table, View
 from keel.schema import table_schema
 from keel.streaming.checkpoint import (
     Unit,
+    claim,
     load_unit,
     point_to_unit,
+    release,
     save_unit,
     unit_pointer,
 )
@@ -178,6 +182,7 @@ class StatefulEngine:
 
     def recover(self) -> None:
         rt = self.r.rt
+        claim(rt.state_dir, self.decl.name)
         if isinstance(self.op, WindowOperator):
             schema = self.op._empty_output().to_arrow().schema
             for t in self.tables:
@@ -234,6 +239,10 @@ class StatefulEngine:
             return True
         since = time.monotonic() - self.last_commit
         return since >= max(self.min_commit_seconds, 4 * self.last_commit_cost)
+
+    def close(self) -> None:
+        """Give up this process's claim on the processor (see `checkpoint.claim`)."""
+        release(self.r.rt.state_dir, self.decl.name)
 
     def flush(self) -> None:
         """Commit what is pending (an idle poll, a stop)."""
