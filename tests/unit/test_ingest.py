@@ -78,6 +78,9 @@ def test_batch_columns_match_each_event_encoded_alone() -> None:
     assert [dict(h) for h in headers] == [{"event_id": i.encode(), "schema_version": b"4"} for i in ids.as_list()]
     assert len(set(ids.as_list())) == 3 and all(len(i) == 32 for i in ids.as_list())
     assert to_batch(events, "note", 1)[0].column("key").to_pylist() == ["two\nlines".encode(), b"}\n{", "é".encode()]
+    huge = parse_events(Reading, b'[{"sensor":123456789012345678901234567890,"note":""},{"sensor":1,"note":""}]',
+                        ndjson=False)
+    assert to_batch(huge, "sensor", 1)[0].column("key").to_pylist() == [b"123456789012345678901234567890", b"1"]
 
 
 class Priced(keel.Event):

@@ -149,8 +149,12 @@ def _keys(events: list[Event], key_field: str) -> pa.Array:
     raw = list(map(attrgetter(key_field), events))
     type_ = _key_type(type(events[0]), key_field) if events else None
     if type_ is not None:
-        column = pa.array(raw, type_)
-        return (column if type_ == pa.string() else column.cast(pa.string())).view(pa.binary())
+        try:
+            column = pa.array(raw, type_)
+        except (pa.ArrowInvalid, OverflowError):  # an int beyond 64 bits: the general path below
+            column = None
+        if column is not None:
+            return (column if type_ == pa.string() else column.cast(pa.string())).view(pa.binary())
     return pa.array([None if k is None else str(k).encode() for k in raw], pa.binary())
 
 
