@@ -73,7 +73,6 @@ class WindowOperator:
         self.windows: WindowState | SessionState = (SessionState(decl) if decl.window.type == "session"
                                                     else WindowState(decl))
         self._running: list[pl.DataFrame] = []  # per batch since the last unit: windows it touched
-        self._closed: list[pl.DataFrame] = []
 
     def _empty_output(self) -> pl.DataFrame:
         return self.windows.update(_empty_events(self.decl)).closed
@@ -82,15 +81,14 @@ class WindowOperator:
                active: set[int] | None = None) -> tuple[pl.DataFrame, pl.DataFrame]:
         out = self.windows.update(events, partitions, active)
         self._running.append(out.running)
-        self._closed.append(out.closed)
         return out.closed, out.late
 
-    def pending_views(self) -> pl.DataFrame:
-        """The view rows of the batches since the last unit: the newest window per key (built once
-        per unit, not per batch: only the newest row of a key could win its upsert anyway)."""
+    def pending_views(self, closed: pl.DataFrame) -> pl.DataFrame:
+        """The view rows of the batches since the last unit, whose closed windows are `closed` (the
+        unit's rows): the newest window per key (built once per unit, not per batch: only the newest
+        row of a key could win its upsert anyway)."""
         running = pl.concat(self._running, how="vertical_relaxed") if self._running else pl.DataFrame()
-        closed = pl.concat(self._closed, how="vertical_relaxed") if self._closed else pl.DataFrame()
-        self._running, self._closed = [], []
+        self._running = []
         views = window_view_rows(self.decl.by, running, closed)
         if self.decl.top:
             # ranked over every key of the latest open window, not only the keys the batches touched
@@ -132,7 +130,9 @@ class KeyedOperator:
             self._views.append(keyed_view_rows(key, out))
         return out, events.clear()
 
-    def pending_views(self) -> pl.DataFrame:
+    def pending_views(self, rows: pl.DataFrame) -> pl.DataFrame:
+        """The newest view row per key of the batches since the last unit (each batch's rows were
+        keyed as they came, `rows` is not needed again)."""
         views = pl.concat(self._views) if self._views else empty_view_rows()
         self._views = []
         return newest_per_key(views)
@@ -256,7 +256,7 @@ class StatefulEngine:
         frames = dict(self.op.frames())
         frames["rows"] = pl.concat(self.rows, how="vertical_relaxed") if self.rows else pl.DataFrame()
         frames["late"] = pl.concat(self.late, how="vertical_relaxed") if self.late else pl.DataFrame()
-        frames["views"] = self.op.pending_views()
+        frames["views"] = self.op.pending_views(frames["rows"])
         unit = Unit(version, dict(self.offsets), self.op.watermark(), frames)
         unit_dir = save_unit(rt.state_dir, self.decl.name, unit)
         self._deliver(unit, unit_dir)
