@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.harness.process import free_port
+from tests.harness.process import free_port, log_tail, wait_ready
 
 ROOT = Path(__file__).resolve().parents[2]
 KAFKA_LIB = Path(os.environ.get("KEEL_KAFKA_LIB", ROOT / ".cache" / "kafka" / "lib"))
@@ -144,17 +144,19 @@ class KafkaBroker:
             )
         self._wait_ready(timeout)
 
+    def _port_open(self) -> bool:
+        try:
+            socket.create_connection(("127.0.0.1", self.port), timeout=0.5).close()
+            return True
+        except OSError:
+            return False
+
     def _wait_ready(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            self._check_alive()
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=0.5).close()
-                break
-            except OSError:
-                time.sleep(0.1)
-        else:
-            self._give_up(f"port {self.port} not open after {timeout:.0f}s")
+        assert self.process is not None
+        why = wait_ready(self.process, self._port_open, timeout)
+        if why is not None:
+            self._give_up(f"port {self.port} not open: {why}")
         try:
             from confluent_kafka.admin import AdminClient
         except ImportError as exc:
@@ -175,7 +177,7 @@ class KafkaBroker:
             self._give_up(f"broker exited with code {self.process.returncode}")
 
     def _give_up(self, why: str) -> None:
-        tail = self.log_path.read_text(errors="replace")[-3000:] if self.log_path.exists() else ""
+        tail = log_tail(self.log_path, 3000)
         self.stop(kill=True)
         raise KafkaUnavailable(f"Kafka broker did not start: {why}. Log tail ({self.log_path}):\n{tail}")
 

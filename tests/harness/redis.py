@@ -14,14 +14,12 @@ from __future__ import annotations
 import shutil
 import socket
 import subprocess
-import tempfile
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.harness.process import free_port, stop_process
+from tests.harness.process import free_port, log_tail, started, stop_process, wait_ready
 
 INSTALL_HINT = "run scripts/install-redis.sh (installs the Debian package redis-server)"
 
@@ -72,16 +70,12 @@ class RedisServer:
         ]  # fmt: skip
         self.process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, cwd=self.workdir)
         log.close()
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                break
-            if ping(self.port):
-                return
-            time.sleep(0.05)
+        why = wait_ready(self.process, lambda: ping(self.port), timeout, pause=0.05)
+        if why is None:
+            return
         self.stop()
-        tail = (self.workdir / "redis.log").read_text(errors="replace")[-2000:]
-        raise RuntimeError(f"redis-server did not answer PING on 127.0.0.1:{self.port} within {timeout}s; its log:\n{tail}")
+        raise RuntimeError(f"redis-server did not answer PING on 127.0.0.1:{self.port} ({why}); its log:\n"
+                           f"{log_tail(self.workdir / 'redis.log')}")
 
     def stop(self, timeout: float = 10.0) -> None:
         """Stop the server (SIGTERM, then SIGKILL) and wait until the port is closed."""
@@ -107,13 +101,8 @@ def redis_server() -> Iterator[RedisServer]:
     binary = find_redis_server()
     if binary is None:
         pytest.fail(f"redis-server is not installed: {INSTALL_HINT}", pytrace=False)
-    with tempfile.TemporaryDirectory(prefix="keel-redis-") as workdir:
-        server = RedisServer(binary, Path(workdir))
-        server.start()
-        try:
-            yield server
-        finally:
-            server.stop()
+    with started(lambda workdir: RedisServer(binary, workdir), "keel-redis-") as server:
+        yield server
 
 
 @pytest.fixture(scope="session")

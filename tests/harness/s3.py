@@ -14,8 +14,6 @@ from __future__ import annotations
 import shutil
 import subprocess
 import sys
-import tempfile
-import time
 import urllib.request
 import uuid
 from collections.abc import Iterator
@@ -23,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.harness.process import free_port, stop_process
+from tests.harness.process import free_port, log_tail, started, stop_process, wait_ready
 
 INSTALL_HINT = "run scripts/install-s3.sh (installs moto[server] from PyPI, the `test` extra)"
 BUCKET = "keel-test"
@@ -69,21 +67,19 @@ class S3Server:
         self.process = subprocess.Popen([*self.command, "-H", "127.0.0.1", "-p", str(self.port)],
                                         stdout=log, stderr=subprocess.STDOUT, cwd=self.workdir)
         log.close()
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                break
-            try:
-                with urllib.request.urlopen(f"{self.endpoint}/moto-api/", timeout=1):
-                    break
-            except OSError:
-                time.sleep(0.1)
-        else:
+        why = wait_ready(self.process, self._answers, timeout)
+        if why is not None:
             self.stop()
-            raise RuntimeError(f"moto_server did not answer on {self.endpoint} within {timeout}s: {self._log()}")
-        if self.process.poll() is not None:
-            raise RuntimeError(f"moto_server exited at start: {self._log()}")
+            raise RuntimeError(f"moto_server did not answer on {self.endpoint} ({why}): "
+                               f"{log_tail(self.workdir / 'moto.log')}")
         self.create_bucket(self.bucket)
+
+    def _answers(self) -> bool:
+        try:
+            with urllib.request.urlopen(f"{self.endpoint}/moto-api/", timeout=1):
+                return True
+        except OSError:
+            return False
 
     def create_bucket(self, name: str) -> None:
         # moto accepts unsigned requests: a bare PUT creates the bucket, no boto3 needed.
@@ -97,22 +93,14 @@ class S3Server:
         process, self.process = self.process, None
         stop_process(process, timeout)
 
-    def _log(self) -> str:
-        return (self.workdir / "moto.log").read_text(errors="replace")[-2000:]
-
 
 @pytest.fixture(scope="session")
 def s3_server() -> Iterator[S3Server]:
     command = find_moto_server()
     if command is None:
         pytest.fail(f"moto_server is not installed: {INSTALL_HINT}", pytrace=False)
-    with tempfile.TemporaryDirectory(prefix="keel-s3-") as workdir:
-        server = S3Server(command, Path(workdir))
-        server.start()
-        try:
-            yield server
-        finally:
-            server.stop()
+    with started(lambda workdir: S3Server(command, workdir), "keel-s3-") as server:
+        yield server
 
 
 @pytest.fixture
