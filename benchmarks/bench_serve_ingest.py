@@ -21,11 +21,12 @@ import statistics
 import subprocess
 import sys
 import tempfile
-from importlib import resources
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_serve_views import PEERS, free_port, parse_wrk, wait_port
+
+from keel.project import copy_example
 
 SERVE_KEEL = """
 import sys, uvicorn
@@ -56,8 +57,7 @@ def main() -> None:
         raise SystemExit("wrk is not installed: run scripts/install-redis.sh")
     with tempfile.TemporaryDirectory(prefix="keel-bench-ingest-") as tmp:
         root = Path(tmp) / "shop"
-        shutil.copytree(str(resources.files("keel") / "examples" / "shop"), root,
-                        ignore=shutil.ignore_patterns("__pycache__", ".keel"))
+        copy_example(root)
         (Path(tmp) / "serve.py").write_text(SERVE_KEEL)
         (Path(tmp) / "post.lua").write_text(POST_LUA.replace("%%", "%"))
         port = free_port()

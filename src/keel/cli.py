@@ -6,12 +6,10 @@ A user mistake (KeelError) is printed as one clear message with exit code 1, nev
 from __future__ import annotations
 
 import json
-import shutil
 import signal
 import sys
 import threading
 from datetime import datetime, timezone
-from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -59,12 +57,11 @@ def print_rows(rows: list[dict[str, Any]], title: str | None = None, console: Co
 def init(directory: Annotated[Path, typer.Argument(help="folder to create")],
          example: Annotated[str, typer.Option(help="the example to start from")] = "shop") -> None:
     """Create a new keel project from an example."""
-    source = resources.files("keel") / "examples" / example
-    if not source.is_dir():
-        raise KeelError(f"no example {example!r}; examples: shop")
+    from keel.project import copy_example
+
     if directory.exists() and any(directory.iterdir()):
         raise KeelError(f"{directory} exists and is not empty; pick a new folder")
-    shutil.copytree(str(source), directory, dirs_exist_ok=True, ignore=shutil.ignore_patterns("__pycache__", ".keel"))
+    copy_example(directory, example)
     out.print(f"created {directory}; next: [bold]keel check -p {directory}[/bold] and [bold]keel up -p {directory}[/bold]")
 
 

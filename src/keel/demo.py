@@ -11,12 +11,10 @@ from the simulator's own counters.
 from __future__ import annotations
 
 import random
-import shutil
 import tempfile
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +23,7 @@ from rich.console import Console
 from rich.progress import Progress
 
 from keel.platform import Platform, free_port
+from keel.project import copy_example
 from keel.runtime import Runtime
 
 CATEGORIES = 10
@@ -123,10 +122,7 @@ class Simulator:
 
 
 def _copy_shop(directory: Path | None) -> Path:
-    target = Path(tempfile.mkdtemp(prefix="keel-demo-")) / "shop" if directory is None else directory
-    source = resources.files("keel") / "examples" / "shop"
-    shutil.copytree(str(source), target, dirs_exist_ok=True, ignore=shutil.ignore_patterns("__pycache__", ".keel"))
-    return target
+    return copy_example(Path(tempfile.mkdtemp(prefix="keel-demo-")) / "shop" if directory is None else directory)
 
 
 def run_demo(directory: Path | None = None, users: int = 3000, seed: int = 7, aa: bool = False,

@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import importlib
+import shutil
 import sys
 import traceback
 from collections.abc import Mapping
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
 
 from keel.catalog import Catalog, collecting
 from keel.config import Config, load_config
-from keel.errors import Problem, ProjectError
+from keel.errors import KeelError, Problem, ProjectError
 from keel.experiments.exposures import add_exposures
 
 
@@ -65,3 +67,12 @@ def _problem_from(exc: BaseException, root: Path) -> Problem:
         return Problem(f"syntax error: {exc.msg}", file=exc.filename, line=exc.lineno or 0)
     file, line = (frames[-1].filename, frames[-1].lineno or 0) if frames else ("?", 0)
     return Problem(f"{type(exc).__name__}: {exc}", file=file, line=line)
+
+
+def copy_example(target: Path, example: str = "shop") -> Path:
+    """Copy a project example shipped with keel into `target` (created; may exist) and return it."""
+    source = resources.files("keel") / "examples" / example
+    if not source.is_dir():
+        raise KeelError(f"no example {example!r}; examples: shop")
+    shutil.copytree(str(source), target, dirs_exist_ok=True, ignore=shutil.ignore_patterns("__pycache__", ".keel"))
+    return target

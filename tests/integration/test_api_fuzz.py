@@ -9,10 +9,8 @@ without a key or with a wrong one.
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Iterator
 from dataclasses import replace
-from importlib import resources
 from typing import Any
 
 import pytest
@@ -20,6 +18,7 @@ import schemathesis
 from hypothesis import HealthCheck, given, settings
 from schemathesis import GenerationMode
 
+from keel.project import copy_example
 from keel.runtime import Runtime
 from keel.serve.app import build_app, gateway_options
 from keel.serve.keys import create_key
@@ -30,8 +29,7 @@ KEY: dict[str, str] = {}
 @pytest.fixture(scope="module")
 def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     root = tmp_path_factory.mktemp("fuzz") / "shop"
-    shutil.copytree(str(resources.files("keel") / "examples" / "shop"), root,
-                    ignore=shutil.ignore_patterns("__pycache__", ".keel"))
+    copy_example(root)
     rt = Runtime.open(root)
     rt.ensure()
     rt.views.put("trending", [("_top", {"items": [{"item_id": "a"}]})])

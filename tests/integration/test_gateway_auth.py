@@ -4,15 +4,14 @@ elsewhere; no key, a wrong key and a revoked key get 401 everywhere."""
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Iterator
 from dataclasses import replace
-from importlib import resources
 from typing import Any
 
 import pytest
 from starlette.testclient import TestClient
 
+from keel.project import copy_example
 from keel.runtime import Runtime
 from keel.serve.app import build_app, gateway_options
 from keel.serve.keys import create_key, revoke_key, scope_allows
@@ -24,8 +23,7 @@ EVENT = {"page_views": {"user_id": "u1", "item_id": "i1"},
 @pytest.fixture(scope="module")
 def shop(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Runtime]:
     root = tmp_path_factory.mktemp("auth") / "shop"
-    shutil.copytree(str(resources.files("keel") / "examples" / "shop"), root,
-                    ignore=shutil.ignore_patterns("__pycache__", ".keel"))
+    copy_example(root)
     rt = Runtime.open(root)
     rt.ensure()
     yield rt

@@ -5,12 +5,10 @@ requests complete within the time limit, and memory stays bounded."""
 from __future__ import annotations
 
 import asyncio
-import shutil
 import threading
 import time
 from collections.abc import Sequence
 from dataclasses import replace
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +17,7 @@ import pytest
 import uvicorn
 
 from keel.platform import free_port
+from keel.project import copy_example
 from keel.runtime import Runtime
 from keel.serve.app import build_app, gateway_options
 
@@ -83,8 +82,7 @@ async def hammer(url: str, clients: int, seconds: float) -> list[tuple[int, floa
 
 def test_overload_is_shed_and_accepted_requests_stay_bounded(tmp_path: Path) -> None:
     root = tmp_path / "shop"
-    shutil.copytree(str(resources.files("keel") / "examples" / "shop"), root,
-                    ignore=shutil.ignore_patterns("__pycache__", ".keel"))
+    copy_example(root)
     rt = Runtime.open(root)
     rt.ensure()
     rt.views.put("trending", [("_top", {"items": [{"item_id": "a"}]})])

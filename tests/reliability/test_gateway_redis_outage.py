@@ -4,12 +4,10 @@ and holds a bounded number of connections to Redis (none leaked across the outag
 
 from __future__ import annotations
 
-import shutil
 import threading
 import time
 from collections.abc import Iterator
 from dataclasses import replace
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +17,7 @@ import redis
 import uvicorn
 
 from keel.platform import free_port
+from keel.project import copy_example
 from keel.runtime import Runtime
 from keel.serve.app import build_app, gateway_options
 from keel.serve.resilience import BackendPolicy
@@ -41,8 +40,7 @@ def clients(client: redis.Redis) -> int:
 @pytest.fixture
 def gateway(tmp_path: Path, redis_url: str) -> Iterator[tuple[str, Runtime, Any]]:
     root = tmp_path / "shop"
-    shutil.copytree(str(resources.files("keel") / "examples" / "shop"), root,
-                    ignore=shutil.ignore_patterns("__pycache__", ".keel"))
+    copy_example(root)
     redis.Redis.from_url(redis_url).flushdb()
     rt = Runtime.open(root, kv=redis_url)
     rt.ensure()

@@ -4,11 +4,9 @@ is a wrapper around the real one)."""
 from __future__ import annotations
 
 import asyncio
-import shutil
 import time
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import replace
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +15,7 @@ import pytest
 
 from keel.errors import BackendError
 from keel.experiments.assign import assign_one
+from keel.project import copy_example
 from keel.runtime import Runtime
 from keel.serve.app import build_app, gateway_options
 from keel.serve.keys import create_key
@@ -50,8 +49,7 @@ class WrappedKV:
 @pytest.fixture
 def rt(tmp_path: Path) -> Iterator[Runtime]:
     root = tmp_path / "shop"
-    shutil.copytree(str(resources.files("keel") / "examples" / "shop"), root,
-                    ignore=shutil.ignore_patterns("__pycache__", ".keel"))
+    copy_example(root)
     runtime = Runtime.open(root)
     runtime.ensure()
     runtime.views.put("trending", [("_top", {"items": [{"item_id": "a"}, {"item_id": "b"}]})])
