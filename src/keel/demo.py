@@ -10,18 +10,21 @@ from the simulator's own counters.
 
 from __future__ import annotations
 
+import http.client
+import json
 import random
 import tempfile
 import time
+from contextlib import closing
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
-import httpx
 from rich.console import Console
 from rich.progress import Progress
 
+from keel.errors import BackendError
 from keel.platform import Platform, free_port
 from keel.project import copy_example
 from keel.runtime import Runtime
@@ -55,8 +58,47 @@ def _items_in(category: int) -> list[str]:
     return [f"item-{category * ITEMS_PER_CATEGORY + i:04d}" for i in range(ITEMS_PER_CATEGORY)]
 
 
+class Gateway:
+    """A keep-alive HTTP/1.1 client of the demo's gateway, on the standard library only: `keel demo`
+    must run from `pip install keel-platform`, without the [test] extra that brings httpx."""
+
+    def __init__(self, url: str, timeout: float = 30) -> None:
+        self.url = url
+        host, port = url.removeprefix("http://").rsplit(":", 1)
+        self._conn = http.client.HTTPConnection(host, int(port), timeout=timeout)
+
+    def request(self, method: str, path: str, body: Any = None) -> tuple[int, str]:
+        data = None if body is None else json.dumps(body).encode()
+        headers = {} if data is None else {"Content-Type": "application/json"}
+        try:
+            try:
+                return self._exchange(method, path, data, headers)
+            except (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError):
+                # the server closed the idle keep-alive connection before reading the request: reconnect once
+                self._conn.close()
+                return self._exchange(method, path, data, headers)
+        except (http.client.HTTPException, OSError) as exc:
+            self._conn.close()
+            raise BackendError(f"the demo's gateway at {self.url} did not answer {method} {path} ({exc}); "
+                               "the messages above name the component that failed") from exc
+
+    def _exchange(self, method: str, path: str, data: bytes | None, headers: dict[str, str]) -> tuple[int, str]:
+        self._conn.request(method, path, body=data, headers=headers)
+        response = self._conn.getresponse()
+        return response.status, response.read().decode(errors="replace")
+
+    def post(self, path: str, body: Any) -> tuple[int, str]:
+        return self.request("POST", path, body)
+
+    def get(self, path: str) -> tuple[int, str]:
+        return self.request("GET", path)
+
+    def close(self) -> None:
+        self._conn.close()
+
+
 class Simulator:
-    def __init__(self, client: httpx.Client, users: int, seed: int, aa: bool) -> None:
+    def __init__(self, client: Gateway, users: int, seed: int, aa: bool) -> None:
         self.client = client
         self.seed = seed
         self.rng = random.Random(seed)
@@ -65,9 +107,10 @@ class Simulator:
         self.aa = aa
 
     def post(self, stream: str, events: list[dict[str, Any]]) -> None:
-        r = self.client.post(f"/v1/streams/{stream}/events", json=events)
-        if r.status_code != 202:
-            raise RuntimeError(f"ingest into {stream} answered {r.status_code}: {r.text[:300]}")
+        status, text = self.client.post(f"/v1/streams/{stream}/events", events)
+        if status != 202:
+            raise BackendError(f"the demo's gateway answered {status} to events for {stream}: {text[:300]}; "
+                               "this is a bug in the demo or the gateway, please report it")
 
     def browse(self, progress: Progress, hours: float = 2.0) -> None:
         """Page views over the last `hours`, most in each user's liked category, sent in time order
@@ -94,9 +137,11 @@ class Simulator:
         task = progress.add_task("users shopping", total=len(self.users))
         purchases: list[dict[str, Any]] = []
         for u in self.users:
-            r = self.client.get(f"/recommend/{u}")
-            r.raise_for_status()
-            items = r.json()["items"]
+            status, text = self.client.get(f"/recommend/{u}")
+            if status != 200:
+                raise BackendError(f"the demo's gateway answered {status} to /recommend/{u}: {text[:300]}; "
+                                   "this is a bug in the demo or the gateway, please report it")
+            items = json.loads(text)["items"]
             liked = [i for i in items if item_category(i) == self.likes[u]]
             share = len(liked) / len(items) if items else 0.0
             p = 0.10 if self.aa else 0.05 + 0.15 * share
@@ -116,9 +161,10 @@ class Simulator:
     def refused_request(self) -> None:
         """A client bug: one request with bad fields. It must be refused whole, with each field named."""
         bad = [{"user_id": "user-00000", "item_id": "item-0001"}, {"user_id": 42, "price": "cheap"}]
-        r = self.client.post("/v1/streams/purchases/events", json=bad)
-        if r.status_code != 400:
-            raise RuntimeError(f"an invalid request was answered {r.status_code}, not 400")
+        status, _ = self.client.post("/v1/streams/purchases/events", bad)
+        if status != 400:
+            raise BackendError(f"the demo's gateway answered {status}, not 400, to a request with invalid fields; "
+                               "this is a bug in the gateway, please report it")
 
 
 def _copy_shop(directory: Path | None) -> Path:
@@ -135,7 +181,8 @@ def run_demo(directory: Path | None = None, users: int = 3000, seed: int = 7, aa
     platform = Platform(rt, port=free_port(), scheduler=False)
     platform.start()
     try:
-        with httpx.Client(base_url=platform.url, timeout=30) as client, Progress(console=console) as progress:
+        client = Gateway(platform.url)
+        with closing(client), Progress(console=console) as progress:
             sim = Simulator(client, users, seed, aa)
             sim.browse(progress)
             sim.refused_request()
@@ -143,7 +190,7 @@ def run_demo(directory: Path | None = None, users: int = 3000, seed: int = 7, aa
             for job in ("compute_co_views", "compute_similar_items"):
                 platform.scheduler.trigger(job)
             sim.shop(progress)
-            metrics_text = client.get("/metrics").text
+            metrics_text = client.get("/metrics")[1]
         if not platform.wait_idle(120):
             console.print("[yellow]processors did not catch up within 120 s[/yellow]")
         summary = read_summary(rt, platform, metrics_text)
