@@ -38,7 +38,7 @@ from keel.engines import scheme_of
 from keel.errors import ConfigError, ConflictError, KeelError, NotFoundError, SchemaError, UnknownSchemeError
 from keel.lake._conform import canonical_schema, conform
 from keel.lake._filters import columns_error, filtered
-from keel.lake._storage import brief, local_root, s3_options, storage_error
+from keel.lake._storage import S3Storage, brief, local_root, s3_options, storage_error
 from keel.lake.base import TableInfo, WriterCommit
 
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
@@ -58,7 +58,7 @@ def open_delta_lake(url: str, **options: Any) -> DeltaLake:
         env: Mapping[str, str] = options.get("env") or os.environ
         root, storage = s3_options(url, env, options.get("endpoint_url"))
         lake = DeltaLake(root, storage, url)
-        lake.list_tables()  # fail now, with one clear message, if the bucket or credentials are wrong
+        lake.check()  # fail now, with one clear message, if the bucket or credentials are wrong
         return lake
     raise UnknownSchemeError("lake", url, ["file", "s3"])
 
@@ -66,8 +66,9 @@ def open_delta_lake(url: str, **options: Any) -> DeltaLake:
 class DeltaLake:
     """The `keel.lake.base.Lake` contract on Delta tables; see the module docstring."""
 
-    def __init__(self, root: str, storage_options: dict[str, str] | None, url: str) -> None:
-        self.url, self._root, self._storage = url, root.rstrip("/"), storage_options
+    def __init__(self, root: str, storage: S3Storage | None, url: str) -> None:
+        self.url, self._root, self._s3 = url, root.rstrip("/"), storage
+        self._options: dict[str, str] | None = None
         self._tables: dict[str, DeltaTable] = {}
         self._writer_commits: dict[tuple[str, str], WriterCommit] = {}
         self._own_commits: dict[tuple[str, str], tuple[int, int]] = {}  # -> (writer version, table version)
@@ -84,23 +85,28 @@ class DeltaLake:
                 raise NotFoundError(f"cannot partition table {name!r} by {column!r}: no such column; "
                                     f"columns: {', '.join(schema.names)}")
         with self._lock, self._errors("create", name):
-            if name in self._tables or DeltaTable.is_deltatable(self._uri(name), self._storage):
+            if name in self._tables or DeltaTable.is_deltatable(self._uri(name), self._storage_options()):
                 return
             try:
                 DeltaTable.create(self._uri(name), schema, mode="ignore", partition_by=partition_by or None,
-                                  storage_options=self._storage)
+                                  storage_options=self._storage_options())
             except (DeltaError, ValueError) as exc:
                 if "nvalid data type" in str(exc) or "Schema error" in str(exc):
                     raise SchemaError(f"table {name!r} cannot hold this schema ({brief(exc, 2)}); "
                                       f"use types Delta Lake stores (no time-of-day or union columns)") from exc
                 raise
 
+    def check(self) -> None:
+        """Reach the lake's storage once (a listing): raise the clear error of a missing bucket, refused
+        credentials or an unreachable endpoint now rather than at the first write."""
+        self.list_tables()
+
     def list_tables(self) -> list[str]:
         with self._errors("list tables", None):
-            fs = pafs.PyFileSystem(DeltaStorageHandler(self._root, self._storage))
+            fs = pafs.PyFileSystem(DeltaStorageHandler(self._root, self._storage_options()))
             infos = fs.get_file_info(pafs.FileSelector("", recursive=False, allow_not_found=True))
             dirs = sorted(i.base_name for i in infos if i.type == pafs.FileType.Directory and _NAME.match(i.base_name))
-            return [d for d in dirs if d in self._tables or DeltaTable.is_deltatable(self._uri(d), self._storage)]
+            return [d for d in dirs if d in self._tables or DeltaTable.is_deltatable(self._uri(d), self._storage_options())]
 
     def describe(self, name: str) -> TableInfo:
         with self._lock, self._errors("describe", name):
@@ -268,7 +274,7 @@ class DeltaLake:
         """
         with self._lock, self._errors("open", name):
             self._table(name)
-            return DeltaTable(self._uri(name), storage_options=self._storage)
+            return DeltaTable(self._uri(name), storage_options=self._storage_options())
 
     def parquet_snapshot(self, name: str) -> ParquetSnapshot | None:
         """The latest version as local Parquet files in hive-style folders, or None if it is not one.
@@ -277,7 +283,7 @@ class DeltaLake:
         None when a reader must go through Delta: remote storage, reader features (deletion
         vectors, column mapping) or partition values escaped in their folder names.
         """
-        if self._storage is not None:
+        if self._s3 is not None:
             return None
         with self._lock, self._errors("read", name):
             dt = self._fresh(name)
@@ -296,15 +302,27 @@ class DeltaLake:
 
     # -- handles -------------------------------------------------------------------------------
 
+    def _storage_options(self) -> dict[str, str] | None:
+        """The object-store options now; handles opened with older credentials are dropped."""
+        if self._s3 is None:
+            return None
+        options = self._s3.options()
+        if options != self._options:
+            with self._lock:
+                self._tables.clear()
+                self._options = options
+        return options
+
     def _uri(self, name: str) -> str:
         return f"{self._root}/{name}"
 
     def _table(self, name: str) -> DeltaTable:
+        options = self._storage_options()  # first: renewed credentials drop the cached handles
         dt = self._tables.get(name)
         if dt is None:
             _check_name(name)
             try:
-                dt = DeltaTable(self._uri(name), storage_options=self._storage)
+                dt = DeltaTable(self._uri(name), storage_options=options)
             except TableNotFoundError:
                 raise self._no_table(name) from None
             self._tables[name] = dt
@@ -321,8 +339,8 @@ class DeltaLake:
             latest = self._fresh(name).version()
         try:
             if version is not None:
-                return DeltaTable(self._uri(name), version=version, storage_options=self._storage)
-            dt = DeltaTable(self._uri(name), storage_options=self._storage)
+                return DeltaTable(self._uri(name), version=version, storage_options=self._storage_options())
+            dt = DeltaTable(self._uri(name), storage_options=self._storage_options())
             if as_of is not None:
                 dt.load_as_version(as_of if as_of.tzinfo else as_of.replace(tzinfo=UTC))
         except (DeltaError, OSError, ValueError) as exc:
