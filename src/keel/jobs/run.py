@@ -1,9 +1,16 @@
 """Running a declared batch job once, for one logical date, on the embedded engines.
 
 A job function gets a `JobContext` and returns SQL text (run over the lake's tables by name),
-an Arrow table or a Polars frame. A table output is replaced by the result in one commit; a
-view output gets one value per row, keyed by the job's `key` column and versioned by the
-logical date, so re-running an older date never regresses a newer one.
+an Arrow table or a Polars frame. A view output gets one value per row, keyed by the job's `key`
+column and versioned by the logical date, so re-running an older date never regresses a newer one.
+
+A table output is replaced by the result in one commit, versioned (`Lake.overwrite` with the job as
+writer) by the logical date first and a run number second: every run of a date, the first, an
+explicit re-run (`keel run JOB --date D`) or a retry, recomputes the date and replaces the table,
+while a run for a date older than the one the table holds is refused (it would put older results
+in place of newer ones). A retry is exactly-once without further bookkeeping because the commit
+replaces the whole table: a retry after an attempt whose commit landed writes the same table again,
+never extra rows.
 """
 
 from __future__ import annotations
@@ -17,7 +24,7 @@ import polars as pl
 import pyarrow as pa
 
 from keel.declare import Job, Table
-from keel.errors import KeelError
+from keel.errors import ConflictError, KeelError
 
 
 @dataclass
@@ -53,7 +60,7 @@ def run_job(runtime: Any, job: Job, logical_date: datetime) -> int:
     version = int(logical_date.timestamp() * 1000)
     if isinstance(out, Table):
         runtime.lake.create_table(out.name, result.schema, list(out.partition_by) or None)
-        runtime.lake.overwrite(out.name, result, writer=job.name, version=version)
+        _replace_table(runtime.lake, job.name, out.name, result, logical_date)
         return rows
     key = job.key or ""
     if key not in result.column_names:
@@ -62,6 +69,42 @@ def run_job(runtime: Any, job: Job, logical_date: datetime) -> int:
     records = result.to_pylist()
     runtime.views.upsert(out.name, [(str(r.pop(key)), version, r) for r in records])
     return len(records)
+
+
+# A table output's writer version is date_ms * _RUNS_PER_DATE + the run number of that date. Tables
+# written by older keel versions hold date_ms alone (< 10**14 for any date before year 5138): that
+# reads as run 0 of its date.
+_RUNS_PER_DATE = 1_000_000
+_RACE_ATTEMPTS = 8
+
+
+def _date_and_run(version: int) -> tuple[int, int]:
+    if version < 10**14:  # an old plain millisecond timestamp (year < 5138)
+        return version, 0
+    return divmod(version, _RUNS_PER_DATE)
+
+
+def _replace_table(lake: Any, job: str, table: str, result: pa.Table, logical_date: datetime) -> None:
+    date_ms = int(logical_date.timestamp() * 1000)
+    for _ in range(_RACE_ATTEMPTS):
+        last = lake.writer_version(table, job)
+        run = 0
+        if last is not None:
+            last_date, last_run = _date_and_run(last)
+            if last_date > date_ms:
+                newer = datetime.fromtimestamp(last_date / 1000, tz=logical_date.tzinfo).isoformat()
+                raise ConflictError(
+                    f"job {job!r} for {logical_date.isoformat()}: table {table!r} holds the job's result for "
+                    f"{newer}, a later date, and an older date's result would replace it; run the job for "
+                    f"{newer} or later instead (or have the job write a view, which keeps one value per date)")
+            run = last_run + 1 if last_date == date_ms else 0
+        if run >= _RUNS_PER_DATE:
+            raise ConflictError(f"job {job!r} ran {run} times for {logical_date.isoformat()}; that is the limit")
+        if lake.overwrite(table, result, writer=job, version=date_ms * _RUNS_PER_DATE + run,
+                          metadata={"logical_date": logical_date.isoformat()}):
+            return
+        # another run of this job committed between our read and our commit: take the next number
+    raise ConflictError(f"job {job!r}: other runs for the same table kept committing first; run it again later")
 
 
 MAINTENANCE_TASK = "keel_lake_maintenance"

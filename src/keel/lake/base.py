@@ -75,6 +75,15 @@ class Lake(Protocol):
         """Replace all rows by `data` in one commit; the schema and exactly-once rules of `append`."""
         ...
 
+    def check(self) -> None:
+        """Reach the lake's storage once, cheaply: raises the clear ``KeelError`` of a missing bucket,
+        refused credentials or an unreachable endpoint (callers use it before saying "up")."""
+        ...
+
+    def writer_version(self, name: str, writer: str) -> int | None:
+        """The writer's last committed version in `name`, or None if it never committed there."""
+        ...
+
     def writer_commit(self, name: str, writer: str) -> WriterCommit | None:
         """The writer's last committed version and the metadata stored with it; None if it never wrote."""
         ...

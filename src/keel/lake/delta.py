@@ -190,6 +190,12 @@ class DeltaLake:
         last = dt.transaction_version(writer)
         return None if last is None else int(last)
 
+    def writer_version(self, name: str, writer: str) -> int | None:
+        """The writer's last committed version in `name`, or None if it never committed there."""
+        with self._lock, self._errors("read the writer version of", name):
+            last = self._fresh(name).transaction_version(writer)
+            return None if last is None else int(last)
+
     def writer_commit(self, name: str, writer: str) -> WriterCommit | None:
         """The writer's last committed version and its metadata, or None if it never committed."""
         with self._lock, self._errors("read the writer commit of", name):
