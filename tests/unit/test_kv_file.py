@@ -1,11 +1,12 @@
-"""The SQLite kv engine's subtle parts: key ranges, expired-row purging, threads, forks, bad files."""
+"""The SQLite kv engine's subtle parts: key ranges, expired-row purging by an injected clock, layouts,
+threads, forks, bad files."""
 
 from __future__ import annotations
 
 import os
 import sqlite3
 import threading
-import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -21,62 +22,130 @@ def rows_on_disk(path: Path) -> int:
 
 
 @pytest.fixture
-def kv(tmp_path: Path) -> FileKeyValue:
+def kv(tmp_path: Path) -> Iterator[FileKeyValue]:
     store = open_file_kv(f"file://{tmp_path}/kv.db", purge_interval=3600)
-    yield store  # type: ignore[misc]
+    yield store
     store.close()
 
 
+class Clock:
+    """A hand-moved Unix clock for TTLs (no sleeps)."""
+
+    def __init__(self, now: float = 1_700_000_000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
 @pytest.mark.parametrize(
-    ("prefix", "low", "high"),
+    ("prefix", "high"),
     [
-        ("", b"", None),
-        ("a", b"a", b"b"),
-        ("a/", b"a/", b"a0"),
-        ("é", "é".encode(), b"\xc3\xaa"),
-        ("\U0010ffff", "\U0010ffff".encode(), b"\xf4\x8f\xbf\xc0"),
+        ("", None),
+        ("a", "b"),
+        ("a/", "a0"),
+        ("é", "ê"),
+        ("\U0010ffff", None),
+        ("a\U0010ffff", "b"),
+        ("\ud7ff", "\ue000"),  # the next code point UTF-8 can hold: surrogates are skipped
     ],
 )
-def test_key_range_is_exactly_the_prefix(prefix: str, low: bytes, high: bytes | None) -> None:
-    assert _key_range(prefix) == (low, high)
+def test_key_range_is_exactly_the_prefix(prefix: str, high: str | None) -> None:
+    assert _key_range(prefix) == (prefix, high)
 
 
-def test_key_range_bounds_every_extension() -> None:
-    for prefix in ["a", "views/", "é", "\U0010ffff", "z\x7f"]:
+def test_key_range_bounds_every_extension_bytewise() -> None:
+    # SQLite compares TEXT keys as UTF-8 bytes: the bounds must hold in that order too.
+    for prefix in ["a", "views/", "é", "\U0010ffff", "z\x7f", "\ud7ff"]:
         low, high = _key_range(prefix)
         for tail in ["", "\x00", "z", "\U0010ffff\U0010ffff", "é" * 3]:
             key = (prefix + tail).encode()
-            assert low <= key and (high is None or key < high), (prefix, tail)
-        assert high is None or not (prefix + "x").encode().startswith(high)
+            assert low.encode() <= key and (high is None or key < high.encode()), (prefix, tail)
+        assert high is None or not high.startswith(prefix)
 
 
-def test_purge_removes_expired_rows_from_the_file(kv: FileKeyValue) -> None:
-    kv.put_many([(f"gone/{i}", b"x") for i in range(25)], ttl=0.1)
+def test_purge_removes_expired_rows_from_the_file(tmp_path: Path) -> None:
+    clock = Clock()
+    kv = open_file_kv(f"file://{tmp_path}/kv.db", purge_interval=3600, clock=clock)
+    kv.put_many([(f"gone/{i}", b"x") for i in range(25)], ttl=10)
     kv.put_many([("stays", b"x")])
     kv.upsert_many([("stays/versioned", 1, b"x")], ttl=60)
-    time.sleep(0.3)
+    clock.now += 11
     assert rows_on_disk(kv.path) == 27  # expired rows linger until purged ...
     assert kv.purge_expired() == 25  # ... and purging removes only those
     assert rows_on_disk(kv.path) == 2
     assert kv.get_many(["stays", "stays/versioned"]) == [b"x", b"x"]
+    kv.close()
 
 
 def test_purge_works_in_bounded_batches(tmp_path: Path) -> None:
-    kv = open_file_kv(f"file://{tmp_path}/kv.db", purge_batch=7, purge_interval=3600)
-    kv.put_many([(f"gone/{i}", b"x") for i in range(30)], ttl=0.05)
-    time.sleep(0.2)
+    clock = Clock()
+    kv = open_file_kv(f"file://{tmp_path}/kv.db", purge_batch=7, purge_interval=3600, clock=clock)
+    kv.put_many([(f"gone/{i}", b"x") for i in range(30)], ttl=5)
+    clock.now += 6
     assert kv.purge_expired() == 30
     assert rows_on_disk(kv.path) == 0
     kv.close()
 
 
 def test_writes_purge_periodically(tmp_path: Path) -> None:
-    kv = open_file_kv(f"file://{tmp_path}/kv.db", purge_interval=0)
-    kv.put_many([(f"gone/{i}", b"x") for i in range(10)], ttl=0.05)
-    time.sleep(0.2)
+    clock = Clock()
+    kv = open_file_kv(f"file://{tmp_path}/kv.db", purge_interval=100, clock=clock)
+    kv.put_many([("first", b"x")])  # the first write purges (nothing yet) and schedules the next purge
+    kv.put_many([(f"gone/{i}", b"x") for i in range(10)], ttl=5)
+    clock.now += 6
+    kv.put_many([("early", b"x")])  # expired, but the purge interval has not passed
+    assert rows_on_disk(kv.path) == 12
+    clock.now += 100
     kv.put_many([("trigger", b"x")])  # any write past purge_interval purges
-    assert rows_on_disk(kv.path) == 1
+    assert rows_on_disk(kv.path) == 3
     kv.close()
+
+
+def test_expiry_follows_the_injected_clock(tmp_path: Path) -> None:
+    clock = Clock()
+    kv = open_kv(f"file://{tmp_path}/kv.db", clock=clock)
+    kv.put_many([("k", b"v")], ttl=30)
+    clock.now += 29.9
+    assert kv.get("k") == b"v"
+    clock.now += 0.2
+    assert kv.get("k") is None and kv.count() == 0
+    kv.close()
+
+
+def test_a_file_in_the_older_blob_layout_is_converted_when_opened(tmp_path: Path) -> None:
+    path = tmp_path / "kv.db"
+    with sqlite3.connect(path) as db:  # what keel wrote before values were TEXT
+        db.execute("CREATE TABLE kv (key BLOB PRIMARY KEY NOT NULL, value BLOB NOT NULL, version INTEGER, "
+                   "expires REAL) WITHOUT ROWID")
+        db.execute("CREATE INDEX kv_expires ON kv(expires) WHERE expires IS NOT NULL")
+        db.executemany("INSERT INTO kv VALUES (?, ?, ?, ?)", [
+            ("trending/_top".encode(), b'{"items":[1,2]}', 7, None),
+            ("binary".encode(), bytes(range(256)), None, None),
+            ("ключ".encode(), b"[]", None, 4_000_000_000.0),
+        ])
+    db.close()
+    kv = open_kv(f"file://{path}")
+    try:
+        assert kv.get_many(["trending/_top", "binary", "ключ"]) == [b'{"items":[1,2]}', bytes(range(256)), b"[]"]
+        assert kv.upsert_many([("trending/_top", 6, b"older")]) == 0  # the version came along
+        assert [k for k, _ in kv.scan("")] == ["binary", "trending/_top", "ключ"]
+    finally:
+        kv.close()
+    with sqlite3.connect(path) as db:
+        row = db.execute("SELECT value, typeof(key), typeof(value) FROM kv WHERE key = 'trending/_top'").fetchone()
+        assert row == ('{"items":[1,2]}', "text", "text")
+        assert db.execute("PRAGMA user_version").fetchone() == (2,)
+    db.close()
+
+
+def test_a_file_from_a_newer_keel_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "kv.db"
+    with sqlite3.connect(path) as db:
+        db.execute("PRAGMA user_version = 99")
+    db.close()
+    with pytest.raises(BackendError, match="layout 99.*upgrade keel"):
+        open_kv(f"file://{path}")
 
 
 def test_each_thread_gets_its_own_connection_and_close_closes_all(kv: FileKeyValue) -> None:

@@ -1,4 +1,4 @@
-"""The Redis kv engine's subtle parts: version packing, glob escaping, TTL rounding, outages."""
+"""The Redis kv engine's subtle parts: version compare in Lua, glob escaping, TTL rounding, outages, URLs."""
 
 from __future__ import annotations
 
@@ -7,21 +7,31 @@ import re
 
 import pytest
 
-from keel.errors import BackendError
+from keel.errors import BackendError, ConfigError
 from keel.kv import open_kv
-from keel.kv.redis import _glob_escape, _pack_version, _ttl_ms, _unpack
-from tests.harness.redis import RedisServer, free_port
+from keel.kv.redis import _glob_escape, _ttl_ms, safe_url
+from tests.harness.process import free_port
+from tests.harness.redis import RedisServer
 
 
-def test_packed_versions_sort_bytewise_like_the_integers() -> None:
+@pytest.mark.redis
+def test_the_upsert_script_compares_versions_like_64_bit_integers(redis_server: RedisServer) -> None:
+    # The script compares decimal strings digit by digit; check it against Python's integers.
     rng = random.Random(5)
-    edges = [-(2**63), -(2**53) - 1, -1, 0, 1, 2**53, 2**53 + 1, 2**63 - 1]
-    versions = edges + [rng.randint(-(2**63), 2**63 - 1) for _ in range(500)]
-    for a in versions:
-        for b in rng.sample(versions, 20) + edges:
-            assert (_pack_version(a) >= _pack_version(b)) == (a >= b), (a, b)
+    edges = [-(2**63), -(2**53) - 1, -10, -9, -1, 0, 1, 9, 10, 2**53, 2**53 + 1, 2**63 - 1]
+    pairs = [(a, b) for a in edges for b in edges]
+    pairs += [(rng.randint(-(2**63), 2**63 - 1), rng.randint(-(2**63), 2**63 - 1)) for _ in range(300)]
+    pairs += [(n, n + rng.choice((-1, 1))) for n in (rng.randint(-(10**18), 10**18) for _ in range(100))]
+    kv = open_kv(redis_server.url.rsplit("/", 1)[0] + "/11")
+    try:
+        kv.upsert_many([(f"cmp/{i}", b, b"old") for i, (_, b) in enumerate(pairs)])
+        written = [kv.upsert_many([(f"cmp/{i}", a, b"new")]) for i, (a, _) in enumerate(pairs)]
+        assert written == [int(a >= b) for a, b in pairs]
+        kv.delete([f"cmp/{i}" for i in range(len(pairs))])
+    finally:
+        kv.close()
     with pytest.raises(ValueError):
-        _pack_version(2**63)
+        kv.upsert_many([("k", 2**63, b"x")])
 
 
 def test_glob_escape_matches_only_the_literal_text() -> None:
@@ -48,11 +58,16 @@ def test_ttl_is_rounded_up_to_whole_milliseconds() -> None:
         _ttl_ms(0)
 
 
-def test_a_value_not_written_by_keel_is_reported() -> None:
-    assert _unpack(b"\x00abc") == b"abc"
-    assert _unpack(b"\x01" + bytes(8) + b"abc") == b"abc"
-    with pytest.raises(BackendError, match="not written by keel"):
-        _unpack(b"hello")
+def test_passwords_never_reach_messages_and_bad_urls_are_config_errors() -> None:
+    assert safe_url("rediss://:s3cret@cache:6380/0?ssl_ca_certs=/ca.pem") == "rediss://:***@cache:6380/0?ssl_ca_certs=/ca.pem"
+    assert safe_url("redis://keel:s3cret@cache/1") == "redis://keel:***@cache/1"
+    assert safe_url("redis://cache:6379/0") == "redis://cache:6379/0"
+    port = free_port()
+    with pytest.raises(BackendError) as info:
+        open_kv(f"redis://keel:s3cret@127.0.0.1:{port}/0", retries=0, connect_timeout=0.5)
+    assert "s3cret" not in str(info.value) and f"127.0.0.1:{port}" in str(info.value)
+    with pytest.raises(ConfigError, match="kv URL"):
+        open_kv("redis://127.0.0.1/0?socket_timeout=soon")
 
 
 def test_unreachable_server_names_the_url_and_what_to_check() -> None:

@@ -10,8 +10,9 @@ connections to Redis is bounded (``max_inflight``) whatever the request rate.
 
 Each batch has one deadline (``timeout``); past it every caller in the batch gets `BackendError`
 and the connection is dropped (redis-py disconnects a connection whose command was cancelled), so
-a stalled server never leaks a connection or a caller. Values are unpacked exactly like the sync
-engine (`keel.kv.redis`): the tag byte and the version are stripped, nothing else is decoded.
+a stalled server never leaks a connection or a caller. Values are the stored bytes, as the sync
+engine (`keel.kv.redis`) returns them: nothing is decoded. ``rediss://`` connects with TLS (the CA as
+``?ssl_ca_certs=/path/ca.pem``, as for the sync engine).
 """
 
 from __future__ import annotations
@@ -21,22 +22,26 @@ from collections.abc import Sequence
 from typing import Any
 
 from keel.engines import require
-from keel.errors import BackendError
-from keel.kv.redis import _unpack
+from keel.errors import BackendError, ConfigError
+from keel.kv.redis import safe_url, translate
 
 _MAX_KEYS = 4096  # keys per MGET: a batch never blocks the server long
 
 
 def open_async_redis(url: str, *, timeout: float = 0.5, connect_timeout: float = 0.5,
                      max_inflight: int = 4) -> AsyncRedisReader:
-    """A coalescing reader of ``redis://host:port/db``. No retries inside: the caller owns them."""
+    """A coalescing reader of ``redis://host:port/db`` (or ``rediss://``). No retries inside: the caller owns them."""
     aioredis = require("redis.asyncio", "redis", "redis")
     retry_mod = require("redis.asyncio.retry", "redis", "redis")
     backoff = require("redis.backoff", "redis", "redis")
-    pool = aioredis.ConnectionPool.from_url(
-        url, max_connections=max_inflight, socket_timeout=timeout, socket_connect_timeout=connect_timeout,
-        retry=retry_mod.Retry(backoff.NoBackoff(), 0),
-    )
+    try:
+        pool = aioredis.ConnectionPool.from_url(
+            url, max_connections=max_inflight, socket_timeout=timeout, socket_connect_timeout=connect_timeout,
+            retry=retry_mod.Retry(backoff.NoBackoff(), 0),
+        )
+    except (ValueError, TypeError) as exc:
+        raise ConfigError(f"kv URL {safe_url(url)}: {exc}; use redis://host:port/db or "
+                          "rediss://host:port/db?ssl_ca_certs=/path/ca.pem") from exc
     client = aioredis.Redis(connection_pool=pool)
     return AsyncRedisReader(url, client, require("redis", "redis", "redis").exceptions, timeout, max_inflight)
 
@@ -45,7 +50,7 @@ class AsyncRedisReader:
     """`keel.kv.async_reader.AsyncReader` on Redis; belongs to the event loop that first uses it."""
 
     def __init__(self, url: str, client: Any, errors: Any, timeout: float, max_inflight: int) -> None:
-        self.url = url
+        self.url = safe_url(url)
         self._client = client
         self._errors = errors
         self.timeout = timeout
@@ -97,15 +102,11 @@ class AsyncRedisReader:
                 raise BackendError(f"Redis at {self.url} did not answer within {self.timeout}s; check the server's "
                                    "load and latency (SLOWLOG), or raise the gateway's kv timeout") from exc
             except self._errors.RedisError as exc:
-                raise BackendError(f"cannot read from Redis at {self.url}: {exc}. Check that redis-server is running "
-                                   "and reachable, or fix the `kv` URL of the profile (keel.toml / KEEL_KV)") from exc
+                raise translate(exc, self._errors, self.url) from exc
             self.batches += 1
             for future, start, end in waiters:
                 if not future.done():
-                    try:
-                        future.set_result([_unpack(raw) for raw in raws[start:end]])
-                    except BackendError as exc:  # one foreign value fails its own caller only
-                        future.set_exception(exc)
+                    future.set_result(raws[start:end])
         except BackendError as exc:
             for future, _, _ in waiters:
                 if not future.done():

@@ -5,12 +5,18 @@ lets readers in other processes (the gateway) run while one process writes (a st
 processor), a writer killed mid-transaction leaves the file consistent, and versioned upserts
 are one ``INSERT ... ON CONFLICT DO UPDATE ... WHERE`` statement, atomic by construction.
 
-Layout: ``kv(key BLOB PRIMARY KEY, value BLOB, version INTEGER NULL, expires REAL NULL)``.
-Keys are stored as their UTF-8 bytes so that a prefix is a contiguous key range
-(``prefix <= key < successor(prefix)``) served by the primary-key index. ``expires`` is a
-wall-clock Unix time, comparable across processes; reads filter expired rows, and writes purge
-them in bounded batches at most once per ``purge_interval`` seconds (``purge_expired`` does it
-on demand).
+Layout (``PRAGMA user_version`` 2), readable with the ``sqlite3`` tool or module::
+
+    kv(key TEXT PRIMARY KEY, value TEXT, version INTEGER NULL, expires REAL NULL)
+
+``SELECT value FROM kv WHERE key = 'trending/_top'`` answers a view's JSON text. Values are stored
+as TEXT holding exactly the bytes written (``CAST(? AS TEXT)``: no decode on the write path; this
+engine reads them back as bytes, so any bytes round-trip). Keys compare bytewise as UTF-8, which is
+code point order, so a prefix is a contiguous key range (``prefix <= key < successor(prefix)``)
+served by the primary-key index. ``version`` is NULL after a plain put. ``expires`` is a wall-clock
+Unix time, comparable across processes; reads filter expired rows, and writes purge them in bounded
+batches at most once per ``purge_interval`` seconds (``purge_expired`` does it on demand). A file in
+the older layout (BLOB keys and values, ``user_version`` 0) is converted in place when opened.
 
 Threads: one connection per thread (``threading.local``), so readers in a thread pool do not
 queue behind each other or behind a writer. Processes: every write is ``BEGIN IMMEDIATE`` with a
@@ -38,23 +44,24 @@ _CHUNK = 500  # bound parameters per statement (SQLite allows more; 500 keeps st
 _PAGE = 1000  # rows per scan page: a scan never holds a read transaction while the caller runs
 _MIN_VERSION, _MAX_VERSION = -(2**63), 2**63 - 1
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS kv (
-    key BLOB PRIMARY KEY NOT NULL,
-    value BLOB NOT NULL,
+_LAYOUT = 2  # PRAGMA user_version of the current layout; 0 is the older BLOB layout
+_TABLE = """
+CREATE TABLE kv (
+    key TEXT PRIMARY KEY NOT NULL,
+    value TEXT NOT NULL,
     version INTEGER,
     expires REAL
-) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS kv_expires ON kv(expires) WHERE expires IS NOT NULL;
+) WITHOUT ROWID
 """
+_INDEX = "CREATE INDEX kv_expires ON kv(expires) WHERE expires IS NOT NULL"
 
 # A newer-or-equal version wins; an unversioned (put) or expired row counts as absent.
 _UPSERT = """
-INSERT INTO kv(key, value, version, expires) VALUES (?1, ?2, ?3, ?4)
+INSERT INTO kv(key, value, version, expires) VALUES (?1, CAST(?2 AS TEXT), ?3, ?4)
 ON CONFLICT(key) DO UPDATE SET value = excluded.value, version = excluded.version, expires = excluded.expires
 WHERE kv.version IS NULL OR excluded.version >= kv.version OR (kv.expires IS NOT NULL AND kv.expires <= ?5)
 """
-_PUT = "INSERT OR REPLACE INTO kv(key, value, version, expires) VALUES (?, ?, NULL, ?)"
+_PUT = "INSERT OR REPLACE INTO kv(key, value, version, expires) VALUES (?, CAST(? AS TEXT), NULL, ?)"
 _LIVE = "(expires IS NULL OR expires > ?)"
 
 
@@ -66,12 +73,14 @@ def open_file_kv(
     purge_interval: float = 60.0,
     purge_batch: int = 10_000,
     mmap_size: int = 256 << 20,
+    clock: Callable[[], float] = time.time,
 ) -> FileKeyValue:
     """Open (creating if needed) the kv file at ``file:///abs/path/kv.db``.
 
     ``synchronous="FULL"`` fsyncs the WAL at every commit, so a written batch survives power
     loss; ``"NORMAL"`` survives a killed process but may lose the last batches on power loss.
-    ``busy_timeout`` is how long a writer waits for another process's transaction.
+    ``busy_timeout`` is how long a writer waits for another process's transaction. ``clock`` gives
+    the Unix time that TTLs count from and expire by (every process sharing the file must agree).
     """
     if sqlite3.sqlite_version_info < (3, 35):  # UPSERT ... WHERE and DELETE ... RETURNING
         raise ConfigError(
@@ -80,16 +89,19 @@ def open_file_kv(
         )
     if synchronous.upper() not in ("FULL", "NORMAL", "EXTRA"):
         raise ConfigError(f"kv option synchronous={synchronous!r}: use 'FULL' (default), 'EXTRA' or 'NORMAL'")
-    return FileKeyValue(file_path(url), synchronous.upper(), busy_timeout, purge_interval, purge_batch, int(mmap_size))
+    return FileKeyValue(file_path(url), synchronous.upper(), busy_timeout, purge_interval, purge_batch, int(mmap_size),
+                        clock)
 
 
 class FileKeyValue:
     """`keel.kv.base.KeyValue` on one SQLite file; thread-safe, process-safe."""
 
     def __init__(
-        self, path: Path, synchronous: str, busy_timeout: float, purge_interval: float, purge_batch: int, mmap_size: int
+        self, path: Path, synchronous: str, busy_timeout: float, purge_interval: float, purge_batch: int, mmap_size: int,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self.path = path
+        self._clock = clock
         self._mmap_size = mmap_size
         self._synchronous = synchronous
         self._busy_timeout = busy_timeout
@@ -112,17 +124,17 @@ class FileKeyValue:
 
     def get(self, key: str) -> bytes | None:
         def read(db: sqlite3.Connection) -> bytes | None:
-            row = db.execute(f"SELECT value FROM kv WHERE key = ? AND {_LIVE}", (key.encode(), time.time())).fetchone()
+            row = db.execute(f"SELECT value FROM kv WHERE key = ? AND {_LIVE}", (key, self._clock())).fetchone()
             return None if row is None else bytes(row[0])
 
         return self._run(read)
 
     def get_many(self, keys: Sequence[str]) -> list[bytes | None]:
-        encoded = [k.encode() for k in keys]
+        encoded = list(keys)
 
-        def read(db: sqlite3.Connection) -> dict[bytes, bytes]:
-            found: dict[bytes, bytes] = {}
-            now = time.time()
+        def read(db: sqlite3.Connection) -> dict[str, bytes]:
+            found: dict[str, bytes] = {}
+            now = self._clock()
             snapshot = len(encoded) > _CHUNK  # several statements: read them from one snapshot
             if snapshot:
                 db.execute("BEGIN")
@@ -131,7 +143,7 @@ class FileKeyValue:
                     chunk = encoded[start : start + _CHUNK]
                     marks = ",".join("?" * len(chunk))
                     rows = db.execute(f"SELECT key, value FROM kv WHERE key IN ({marks}) AND {_LIVE}", (*chunk, now))
-                    found.update((bytes(k), bytes(v)) for k, v in rows)
+                    found.update((k.decode(), bytes(v)) for k, v in rows)
             finally:
                 if snapshot and db.in_transaction:
                     db.execute("COMMIT")
@@ -144,12 +156,11 @@ class FileKeyValue:
         """Live pairs whose key starts with ``prefix``, in key (code point) order, read page by page."""
         low, high = _key_range(prefix)
         remaining = math.inf if limit is None else limit
-        after: bytes | None = None
+        after: str | None = None
         while remaining > 0:
             page_size = int(min(_PAGE, remaining))
-            rows = self._run(partial(_scan_page, low=low, high=high, after=after, size=page_size))
-            for key, value in rows:
-                yield key.decode(), value
+            rows = self._run(partial(_scan_page, low=low, high=high, after=after, size=page_size, now=self._clock()))
+            yield from rows
             remaining -= len(rows)
             if len(rows) < page_size:
                 return
@@ -160,7 +171,7 @@ class FileKeyValue:
 
         def read(db: sqlite3.Connection) -> int:
             sql, args = _range_sql(low, high)
-            row = db.execute(f"SELECT count(*) FROM kv WHERE {sql} AND {_LIVE}", (*args, time.time())).fetchone()
+            row = db.execute(f"SELECT count(*) FROM kv WHERE {sql} AND {_LIVE}", (*args, self._clock())).fetchone()
             return int(row[0])
 
         return self._run(read)
@@ -168,23 +179,22 @@ class FileKeyValue:
     # -- writes ------------------------------------------------------------------------------
 
     def put_many(self, items: Sequence[tuple[str, bytes]], ttl: float | None = None) -> None:
-        rows = [(k.encode(), v) for k, v in items]
-        if not rows:
+        if not items:
             return
 
         def write(db: sqlite3.Connection) -> None:
-            expires = _expiry(ttl)
-            db.executemany(_PUT, [(k, v, expires) for k, v in rows])
+            expires = _expiry(ttl, self._clock())
+            db.executemany(_PUT, [(k, v, expires) for k, v in items])
 
         self._write(write)
 
     def upsert_many(self, items: Sequence[tuple[str, int, bytes]], ttl: float | None = None) -> int:
-        rows = [(k.encode(), v, _checked_version(version)) for k, version, v in items]
+        rows = [(k, v, _checked_version(version)) for k, version, v in items]
         if not rows:
             return 0
 
         def write(db: sqlite3.Connection) -> int:
-            now = time.time()
+            now = self._clock()
             expires = _expiry(ttl, now)
             cursor = db.executemany(_UPSERT, [(k, v, version, expires, now) for k, v, version in rows])
             return cursor.rowcount  # executemany sums the rows each statement changed: losers change none
@@ -192,12 +202,12 @@ class FileKeyValue:
         return self._write(write)
 
     def delete(self, keys: Sequence[str]) -> int:
-        encoded = [k.encode() for k in keys]
+        encoded = list(keys)
         if not encoded:
             return 0
 
         def write(db: sqlite3.Connection) -> int:
-            now, live = time.time(), 0
+            now, live = self._clock(), 0
             for start in range(0, len(encoded), _CHUNK):
                 chunk = encoded[start : start + _CHUNK]
                 marks = ",".join("?" * len(chunk))
@@ -245,6 +255,7 @@ class FileKeyValue:
         db.execute("PRAGMA journal_mode=WAL")
         db.execute(f"PRAGMA synchronous={self._synchronous}")
         db.execute(f"PRAGMA mmap_size={self._mmap_size}")  # reads from the page cache without a copy: ~1.7x get/s
+        db.text_factory = bytes  # TEXT values come back as the exact bytes stored, not decoded
         self._local.db = db
         return db
 
@@ -261,8 +272,8 @@ class FileKeyValue:
             db.execute("BEGIN IMMEDIATE")
             try:
                 result = work(db)
-                if purge and time.time() >= self._next_purge:
-                    self._next_purge = time.time() + self._purge_interval
+                if purge and self._clock() >= self._next_purge:
+                    self._next_purge = self._clock() + self._purge_interval
                     self._purge_batch_once(db)
                 db.execute("COMMIT")
             except BaseException:
@@ -275,14 +286,29 @@ class FileKeyValue:
 
     def _purge_batch_once(self, db: sqlite3.Connection) -> int:
         sql = "DELETE FROM kv WHERE key IN (SELECT key FROM kv WHERE expires IS NOT NULL AND expires <= ? LIMIT ?)"
-        return db.execute(sql, (time.time(), self._purge_batch)).rowcount
+        return db.execute(sql, (self._clock(), self._purge_batch)).rowcount
 
     def _create_schema(self, db: sqlite3.Connection) -> None:
+        if db.execute("PRAGMA user_version").fetchone()[0] == _LAYOUT:
+            return
         db.execute("BEGIN IMMEDIATE")
         try:
-            for statement in _SCHEMA.split(";"):
-                if statement.strip():
-                    db.execute(statement)
+            (layout,) = db.execute("PRAGMA user_version").fetchone()  # again: another process may have done it
+            if layout == 0 and db.execute("SELECT 1 FROM sqlite_master WHERE name = 'kv'").fetchone():
+                # the older layout: same columns as BLOBs; convert in place (one transaction: all or nothing)
+                db.execute("DROP INDEX IF EXISTS kv_expires")
+                db.execute("ALTER TABLE kv RENAME TO kv_old_layout")
+                db.execute(_TABLE)
+                db.execute("INSERT INTO kv SELECT CAST(key AS TEXT), CAST(value AS TEXT), version, expires FROM kv_old_layout")
+                db.execute("DROP TABLE kv_old_layout")
+                db.execute(_INDEX)
+            elif layout == 0:
+                db.execute(_TABLE)
+                db.execute(_INDEX)
+            elif layout != _LAYOUT:
+                raise BackendError(f"kv file {self.path} has layout {layout}, which this keel does not know (it "
+                                   f"writes {_LAYOUT}): upgrade keel, or move the file away and rebuild the views")
+            db.execute(f"PRAGMA user_version = {_LAYOUT}")
             db.execute("COMMIT")
         except BaseException:
             if db.in_transaction:
@@ -309,39 +335,43 @@ def _forget_connections(ref: weakref.ref[FileKeyValue]) -> None:
         kv._lock = threading.Lock()
 
 
-def _scan_page(db: sqlite3.Connection, low: bytes, high: bytes | None, after: bytes | None, size: int) -> list[tuple[bytes, bytes]]:
+def _scan_page(db: sqlite3.Connection, low: str, high: str | None, after: str | None, size: int,
+               now: float) -> list[tuple[str, bytes]]:
     sql, args = _range_sql(low, high)
     if after is not None:
         sql, args = sql + " AND key > ?", [*args, after]
-    rows = db.execute(f"SELECT key, value FROM kv WHERE {sql} AND {_LIVE} ORDER BY key LIMIT ?", (*args, time.time(), size))
-    return [(bytes(k), bytes(v)) for k, v in rows]
+    rows = db.execute(f"SELECT key, value FROM kv WHERE {sql} AND {_LIVE} ORDER BY key LIMIT ?", (*args, now, size))
+    return [(k.decode(), bytes(v)) for k, v in rows]
 
 
-def _range_sql(low: bytes, high: bytes | None) -> tuple[str, list[Any]]:
+def _range_sql(low: str, high: str | None) -> tuple[str, list[Any]]:
     if high is None:
         return "key >= ?", [low]
     return "key >= ? AND key < ?", [low, high]
 
 
-def _key_range(prefix: str) -> tuple[bytes, bytes | None]:
-    """The byte range ``[low, high)`` holding exactly the keys that start with ``prefix``.
+def _key_range(prefix: str) -> tuple[str, str | None]:
+    """The key range ``[low, high)`` (code point order) holding exactly the keys that start with ``prefix``.
 
-    ``high`` is the shortest byte string greater than every extension of ``prefix``: drop
-    trailing 0xFF bytes, then increment the last byte (None when there is no upper bound).
+    ``high`` is the shortest string greater than every extension of ``prefix``: drop trailing
+    U+10FFFF, then take the next code point after the last one, skipping the surrogates, which
+    UTF-8 cannot hold (None when there is no upper bound).
     """
-    low = prefix.encode()
-    stem = low.rstrip(b"\xff")
+    stem = prefix.rstrip("\U0010ffff")
     if not stem:
-        return low, None
-    return low, stem[:-1] + bytes([stem[-1] + 1])
+        return prefix, None
+    following = ord(stem[-1]) + 1
+    if 0xD800 <= following <= 0xDFFF:
+        following = 0xE000
+    return prefix, stem[:-1] + chr(following)
 
 
-def _expiry(ttl: float | None, now: float | None = None) -> float | None:
+def _expiry(ttl: float | None, now: float) -> float | None:
     if ttl is None:
         return None
     if not ttl > 0:
         raise ValueError(f"ttl must be a positive number of seconds, got {ttl!r}")
-    return (time.time() if now is None else now) + ttl
+    return now + ttl
 
 
 def _checked_version(version: int) -> int:
