@@ -1,9 +1,13 @@
 """A running project: its gateway, processors and scheduler in one process (`keel up`, `keel demo`).
 
 Processors and the scheduler run in threads (their engines release the GIL for I/O and columnar
-work); the gateway runs under uvicorn. `stop()` lets each processor finish and commit the batch
-in flight, then closes the engines: nothing acknowledged is lost, because an acknowledged event
-is already durable on the bus and a processor resumes from its last lake commit.
+work); the gateway runs under uvicorn. Each runs under a `keel.supervisor.Supervisor`: one that
+fails (a backend gone away, a full disk, a bug) is reported and restarted with backoff while the
+others go on; only a ConfigError stops the platform (`errors`). `start()` first opens every engine
+of the profile, so an unreachable backend or a missing bucket is one clear error before anything
+says it is up. `stop()` lets each processor finish and commit the batch in flight, then closes
+the engines: nothing acknowledged is lost, because an acknowledged event is already durable on
+the bus and a processor resumes from its last lake commit.
 """
 
 from __future__ import annotations
@@ -12,16 +16,20 @@ import logging
 import socket
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import uvicorn
 
+from keel.declare import Aggregation, Processor
+from keel.errors import BackendError, ConfigError
 from keel.jobs.embedded import EmbeddedScheduler
 from keel.jobs.run import scheduler_tasks
 from keel.runtime import Runtime
 from keel.serve.app import build_app
 from keel.streaming.runner import Runner
+from keel.supervisor import Backoff, Supervisor
 
 log = logging.getLogger("keel.platform")
 
@@ -30,8 +38,12 @@ log = logging.getLogger("keel.platform")
 class Component:
     name: str
     kind: str
-    thread: threading.Thread
-    runner: Runner | None = None
+    supervisor: Supervisor
+    runner: Runner | None = None  # a processor's current runner (a new one after each restart)
+
+    @property
+    def thread(self) -> threading.Thread:
+        return self.supervisor.thread
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -41,7 +53,11 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 
 class Platform:
-    def __init__(self, runtime: Runtime, port: int | None = None, scheduler: bool = True) -> None:
+    """`backoff`, `clock` and `wait` are handed to every component's supervisor (tests set them)."""
+
+    def __init__(self, runtime: Runtime, port: int | None = None, scheduler: bool = True,
+                 backoff: Backoff | None = None, clock: Callable[[], float] = time.monotonic,
+                 wait: Callable[[float], bool] | None = None) -> None:
         self.rt = runtime
         self.host = runtime.config.serve.host
         self.port = runtime.config.serve.port if port is None else port
@@ -50,58 +66,94 @@ class Platform:
         self.scheduler = EmbeddedScheduler(runtime.state_dir / "scheduler.db", scheduler_tasks(runtime))
         self.with_scheduler = scheduler
         self.server: uvicorn.Server | None = None
-        self.errors: list[str] = []
+        self.errors: list[str] = []  # fatal errors (a ConfigError): `keel up` exits with them
+        self._backoff, self._clock, self._wait = backoff, clock, wait
 
     @property
     def url(self) -> str:
         return f"http://{self.host}:{self.port}"
 
     def start(self, gateway: bool = True) -> None:
-        """Create streams, start every processor, the scheduler and (in a thread) the gateway."""
-        self.rt.ensure()
-        for decl in self.rt.catalog.processors.values():
-            runner = Runner(decl, self.rt)
-            t = threading.Thread(target=self._guard, args=(runner.run, decl.name), name=decl.name, daemon=True)
-            self.components.append(Component(decl.name, decl.kind, t, runner))
-        if self.with_scheduler:
-            t = threading.Thread(target=self._guard, args=(self._schedule, "scheduler"), name="scheduler", daemon=True)
-            self.components.append(Component("scheduler", "scheduler", t))
-        for c in self.components:
-            c.thread.start()
-        if gateway:
-            self.server = uvicorn.Server(uvicorn.Config(build_app(self.rt), host=self.host, port=self.port,
-                                                        log_level="warning", lifespan="off"))
-            t = threading.Thread(target=self.server.run, name="gateway", daemon=True)
-            self.components.append(Component("gateway", "gateway", t))
-            t.start()
-            deadline = time.monotonic() + 15
-            while not self.server.started and t.is_alive() and time.monotonic() < deadline:
-                time.sleep(0.02)
-            if not self.server.started:
-                self.stop()
-                from keel.errors import ConfigError
+        """Open every engine, create streams, start every processor, the scheduler and the gateway.
 
-                raise ConfigError(f"the gateway could not listen on {self.url}: is the port taken? pick another "
-                                  "with --port or KEEL_PORT")
+        Raises ConfigError/BackendError (naming the engine and the fix) if an engine is unusable.
+        """
+        self.rt.open_engines()
+        for decl in self.rt.catalog.processors.values():
+            c = self._add(decl.name, decl.kind, self._processor(decl))
+            c.runner = Runner(decl, self.rt)
+        if self.with_scheduler:
+            self._add("scheduler", "scheduler", self._schedule)
+        if gateway:
+            self._app = build_app(self.rt)
+            self._add("gateway", "gateway", self._serve)
+        for c in self.components:
+            c.supervisor.start()
+        if gateway:
+            self._await_gateway(self.components[-1].supervisor)
+
+    def _add(self, name: str, kind: str, target: Callable[[threading.Event], None]) -> Component:
+        def fatal(message: str) -> None:
+            self.errors.append(message)
+
+        supervisor = Supervisor(name, target, self.stop_event, fatal, self._backoff, clock=self._clock, wait=self._wait)
+        c = Component(name, kind, supervisor)
+        self.components.append(c)
+        return c
+
+    def _processor(self, decl: Processor | Aggregation) -> Callable[[threading.Event], None]:
+        """A target that runs `decl`; each restart gets a fresh Runner, which recovers from the last commit."""
+        attempts = 0
+
+        def run(stop: threading.Event) -> None:
+            nonlocal attempts
+            c = next(c for c in self.components if c.name == decl.name)
+            if attempts or c.runner is None:
+                stats = c.runner.stats if c.runner is not None else None
+                c.runner = Runner(decl, self.rt)
+                if stats is not None:
+                    c.runner.stats = stats
+            attempts += 1
+            c.runner.run(stop)
+
+        return run
 
     def _schedule(self, stop: threading.Event) -> None:
         self.scheduler.run_forever(stop, poll_seconds=1.0)
 
-    def _guard(self, fn: Any, name: str) -> None:
+    def _serve(self, stop: threading.Event) -> None:
+        server = uvicorn.Server(uvicorn.Config(self._app, host=self.host, port=self.port,
+                                               log_level="warning", lifespan="off"))
+        self.server = server
+        if stop.is_set():  # read after publishing the server: stop() sets the event, then stops the server
+            return
         try:
-            fn(self.stop_event)
-        except Exception as exc:  # a component that dies is reported by status(), not silently gone
-            self.errors.append(f"{name}: {type(exc).__name__}: {exc}")
-            log.exception("%s stopped", name)
+            server.run()
+        except SystemExit:  # uvicorn exits when it cannot bind
+            raise BackendError(f"the gateway could not listen on {self.url}: is the port taken?") from None
+        if not stop.is_set():
+            raise BackendError("the gateway stopped by itself")
+
+    def _await_gateway(self, supervisor: Supervisor) -> None:
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline and supervisor.state.failures == 0 and not self.errors:
+            if self.server is not None and self.server.started:
+                return
+            time.sleep(0.02)
+        self.stop()
+        raise ConfigError(f"the gateway could not listen on {self.url}: is the port taken? pick another "
+                          "with --port or KEEL_PORT")
 
     def status(self) -> list[dict[str, Any]]:
+        """One row per component: alive, state (running, restarting, failed, stopped), restarts, the
+        cause of its last failure (until it has run well again) and a processor's counts."""
         rows = []
         for c in self.components:
-            row: dict[str, Any] = {"name": c.name, "kind": c.kind, "alive": c.thread.is_alive()}
+            row: dict[str, Any] = {"name": c.name, "kind": c.kind, "alive": c.supervisor.alive,
+                                   **c.supervisor.report()}
             if c.runner is not None:
-                s = c.runner.stats
-                row.update(events=s.events, batches=s.batches, dead_lettered=s.dead_lettered, late=s.late,
-                           error=s.error)
+                r = c.runner.stats
+                row.update(events=r.events, batches=r.batches, dead_lettered=r.dead_lettered, late=r.late)
             rows.append(row)
         return rows
 
@@ -122,9 +174,10 @@ class Platform:
 
     def stop(self) -> None:
         """Stop the gateway first (no new acks), then processors after their batch in flight."""
+        self.stop_event.set()
         if self.server is not None:
             self.server.should_exit = True
-        self.stop_event.set()
         for c in self.components:
-            c.thread.join(timeout=30)
+            if c.thread.is_alive():
+                c.thread.join(timeout=30)
         self.rt.close()

@@ -10,11 +10,13 @@ import threading
 from functools import cached_property
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from keel.bus import Bus, StreamConfig, open_bus
 from keel.catalog import Catalog
 from keel.config import Config, file_path
 from keel.declare import Stream, seconds
+from keel.errors import BackendError, ConfigError, KeelError
 from keel.kv import KeyValue, open_kv
 from keel.kv.views import Views
 from keel.lake import Lake, open_lake
@@ -76,6 +78,21 @@ class Runtime:
             self.bus.create_stream(StreamConfig(s.name, s.partitions,
                                                 retention_ms=None if retention is None else int(retention * 1000)))
 
+    def open_engines(self) -> None:
+        """Open the profile's bus, lake and kv now, in this thread, and create every declared stream.
+
+        What `keel up` does before it says it is up: an engine that cannot be reached (a broker
+        down, a missing bucket, wrong credentials) raises here, once, as a ConfigError or
+        BackendError naming the engine and its URL, instead of in every component that uses it.
+        """
+        for area, url, touch in (("bus", self.config.bus, self.ensure), ("lake", self.config.lake, lambda: self.lake),
+                                 ("kv", self.config.kv, lambda: self.views)):
+            try:
+                touch()
+            except KeelError as exc:
+                kind = ConfigError if isinstance(exc, ConfigError) else BackendError
+                raise kind(f"cannot start: the {area} engine at {_redact(url)} is not usable: {exc}") from exc
+
     def sql_session(self) -> Any:
         from keel.lake.sql import SqlSession
 
@@ -86,3 +103,12 @@ class Runtime:
             engine = self.__dict__.pop(name, None)
             if engine is not None:
                 engine.close()
+
+
+def _redact(url: str) -> str:
+    """`url` without a password, for messages."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.netloc.rsplit("@", 1)[1]
+    return parts._replace(netloc=f"{parts.username or ''}:***@{host}").geturl()

@@ -208,18 +208,29 @@ class Runner:
             self.engine.flush()
 
     def run(self, stop: threading.Event) -> None:
-        """Process until `stop` is set; the batch in flight and pending outputs are committed first."""
+        """Process until `stop` is set; the batch in flight and pending outputs are committed first.
+
+        An error is recorded in `stats.error` and raised (the caller reports it: under `keel up` the
+        supervisor logs it and starts a fresh Runner, which resumes from the last commit). A Runner
+        is not restarted after `run` returns or raises."""
         try:
             self.start()
             while not stop.is_set():
                 self.step(timeout=0.2)
             self.flush()
-        except KeelError as exc:
-            self.stats.error = str(exc)
-            log.error("processor %s stopped: %s", self.decl.name, exc)
+        except Exception as exc:
+            self.stats.error = str(exc) if isinstance(exc, KeelError) else f"{type(exc).__name__}: {exc}"
             raise
         finally:
+            self._release()
+
+    def _release(self) -> None:
+        """Leave the group and give up the processor's claim; a failure here must not hide the run's error."""
+        try:
             if self.consumer is not None:
                 self.consumer.close()
+        except Exception as exc:  # noqa: BLE001 - e.g. a full disk; the kernel drops the group's flocks anyway
+            log.warning("%s: leaving the consumer group failed: %s", self.decl.name, exc)
+        finally:
             if isinstance(self.engine, StatefulEngine):
                 self.engine.close()
