@@ -2,8 +2,12 @@
 and ``keel dlq`` call.
 
 Dead letters: a processor that cannot handle a record produces it to ``dlq_name(stream)`` with the
-record's key, value and timestamp and context headers (``error``, ``processor``, ``source_offset``,
-...). The records still *pending* are those after the committed offset of the group ``DLQ_GROUP``:
+record's key, value and timestamp unchanged, its own headers and context headers (``error``,
+``stage``, ``processor``, ``source_partition``, ``source_offset``). The records still *pending* are
+those after the committed offset of the group ``DLQ_GROUP``. The dead-letter stream may hold a
+failed record more than once (every processor of the stream dead-letters a record that does not
+decode; a processor that crashed before committing its position dead-letters again what it
+re-reads); the functions below count each failed source record once:
 
 * ``dlq_show`` lists pending dead letters without consuming them;
 * ``dlq_replay`` produces them back into the source stream (context headers removed, the original
@@ -63,15 +67,16 @@ def list_streams(bus: Bus) -> list[StreamSummary]:
 
 
 def decode(batch: pa.RecordBatch) -> list[dict[str, Any]]:
-    """Records as dicts for people: JSON values parsed, text decoded, other bytes kept as bytes."""
-    rows: list[dict[str, Any]] = batch.to_pylist()
+    """Records as dicts for people: JSON values parsed, text decoded, other bytes kept as bytes;
+    timestamps in ms (a producer may set one no datetime holds)."""
+    ms = batch.column("timestamp").cast(pa.int64())
+    rows: list[dict[str, Any]] = batch.set_column(batch.schema.get_field_index("timestamp"), "timestamp", ms).to_pylist()
     for row in rows:
-        row["timestamp"] = int(row["timestamp"].timestamp() * 1000)
         row["key"] = _text(row["key"])
         value = row["value"]
         try:
             row["value"] = json.loads(value)
-        except ValueError:
+        except (ValueError, RecursionError):  # not JSON (or nested deeper than Python recurses)
             row["value"] = _text(value)
         row["headers"] = {k: _text(v) for k, v in (row["headers"] or [])}
     return rows
@@ -144,30 +149,79 @@ def _pending(bus: Bus, stream: str, limit: int | None, give_up_after: float = 30
     return consumer, batches
 
 
+def _source(row: dict[str, Any]) -> tuple[int | None, int | None]:
+    """The source partition and offset a dead letter names (also the older "p:o" source_offset)."""
+    h = row["headers"]
+    offset, partition = str(h.get("source_offset", "")), str(h.get("source_partition", ""))
+    if ":" in offset:
+        partition, offset = offset.split(":", 1)
+    return (int(partition) if partition.isdigit() else None), (int(offset) if offset.isdigit() else None)
+
+
+def _distinct(batches: list[pa.RecordBatch]) -> list[tuple[dict[str, Any], list[int]]]:
+    """Pending dead letters, one per failed source record: (row, DLQ rows of it in `batches`).
+
+    A processor that crashes after dead-lettering and before committing its position dead-letters
+    the same records again when it resumes, and every processor of a stream dead-letters a record
+    that does not decode: those copies are one entry (the processors of a decode failure merged)."""
+    out: dict[object, tuple[dict[str, Any], list[int]]] = {}
+    index = 0
+    for batch in batches:
+        for row in decode(batch):
+            partition, offset = _source(row)
+            stage, processor = row["headers"].get("stage"), row["headers"].get("processor")
+            key: object = (index,) if offset is None else (partition, offset, None if stage == "decode" else processor)
+            if key in out:
+                first, copies = out[key]
+                if processor and processor not in first["processor"].split(", "):
+                    first["processor"] += f", {processor}"
+                copies.append(index)
+            else:
+                row["processor"], row["dlq_offset"] = processor or "", row["offset"]
+                out[key] = (row, [index])
+            index += 1
+    return list(out.values())
+
+
 def dlq_show(bus: Bus, stream: str, limit: int = 100) -> list[dict[str, Any]]:
-    """Up to `limit` pending dead letters of `stream`, decoded (offsets are the DLQ's)."""
-    consumer, batches = _pending(bus, stream, limit)
+    """Up to `limit` pending dead letters of `stream`, one per failed source record, decoded.
+
+    Each has the source ``stream``, ``partition`` and ``offset`` (None if its producer did not name
+    them), the ``reason``, ``stage`` (decode, window, transform) and ``processor`` (several, comma
+    separated, when each of them failed on it), its ``dlq_offset`` in the dead-letter stream, and the
+    record's ``key``, ``value`` (parsed when it is JSON), ``timestamp`` (ms) and ``headers``."""
+    # copies of one record are few (one per processor, or per crash of one): read a margin beyond `limit`
+    consumer, batches = _pending(bus, stream, limit * 4)
     consumer.close()
-    return [row for b in batches for row in decode(b)]
+    rows = []
+    for row, _ in _distinct(batches)[:limit]:
+        partition, offset = _source(row)
+        h = row["headers"]
+        rows.append({"stream": stream, "partition": partition, "offset": offset, "reason": h.get("error"),
+                     "stage": h.get("stage"), "processor": row["processor"], "dlq_offset": row["dlq_offset"],
+                     "timestamp": row["timestamp"], "key": row["key"], "value": row["value"], "headers": h})
+    return rows
 
 
 def dlq_replay(bus: Bus, stream: str, limit: int | None = None) -> int:
-    """Produce pending dead letters back into `stream`, then mark them done; returns how many."""
+    """Produce pending dead letters back into `stream` (each failed source record once, however many
+    copies the dead-letter stream holds), then mark them done; returns how many were produced."""
     consumer, batches = _pending(bus, stream, limit)
     try:
-        done = 0
-        for batch in batches:
-            headers = [None if h is None else [(k, v) for k, v in h if k not in CONTEXT_HEADERS]
-                       for h in batch.column("headers").to_pylist()]
-            bus.produce(stream, pa.record_batch({
-                "key": batch.column("key"),
-                "value": batch.column("value"),
-                "timestamp": batch.column("timestamp"),
-                "headers": pa.array(headers, batch.schema.field("headers").type),
-            }))
-            consumer.commit({0: int(batch.column("offset")[-1].as_py()) + 1})
-            done += batch.num_rows
-        return done
+        if not batches:
+            return 0
+        pending = pa.Table.from_batches(batches)
+        replay = pending.take(pa.array([copies[0] for _, copies in _distinct(batches)], pa.int64()))
+        headers = [None if h is None else [(k, v) for k, v in h if k not in CONTEXT_HEADERS]
+                   for h in replay.column("headers").to_pylist()]
+        bus.produce(stream, pa.table({
+            "key": replay.column("key"),
+            "value": replay.column("value"),
+            "timestamp": replay.column("timestamp"),
+            "headers": pa.array(headers, pending.schema.field("headers").type),
+        }))
+        consumer.commit({0: int(batches[-1].column("offset")[-1].as_py()) + 1})
+        return int(replay.num_rows)
     finally:
         consumer.close()
 

@@ -4,24 +4,48 @@ The JSON values of a micro-batch are parsed in one go by Arrow's JSON reader aga
 stream's schema; event id and time come from the record headers and timestamp. The newline-joined
 input of the reader and the header lookup are built with Arrow/numpy kernels over the batch's
 buffers (profiling showed `to_pylist` joins and `map_lookup` dominating the decode step).
+
+Poison records. Any producer may write to a stream, so a value may not be a JSON object of the
+schema (not JSON, not UTF-8, empty, an array, a field missing or of the wrong type), or its event
+time may be unusable (outside the years 1-9999, or further ahead of the record's bus timestamp
+than the stream allows, which would drag the watermark into the future). `decode_records` never
+raises for such records: the fast path parses the whole batch in one call, as above; only when
+that fails is the batch bisected (Arrow again, so a record is good exactly when the fast path
+would take it) down to the failing records, each returned with the reason it failed, for the
+processor to dead-letter (cf. Kafka Streams' LogAndContinue deserialization handler).
 """
 
 from __future__ import annotations
 
+import re
+from dataclasses import dataclass
+
+import msgspec
 import numpy as np
 import polars as pl
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.json as pj
 
+from keel.declare import seconds
 from keel.schema import (
     EVENT_DATE,
     EVENT_ID,
     EVENT_TIME,
     Event,
+    describe_errors,
     table_schema,
     value_schema,
 )
+
+# How far an event time may be ahead of its record's bus timestamp, unless the stream declares
+# its own bound (the gateway refuses such events at ingest; other producers exist).
+MAX_FUTURE_SECONDS = 86_400.0
+# Event times every reader of the lake can hold (Python datetime, Spark, Delta): years 1 to 9999.
+EARLIEST_US = -62_135_596_800_000_000  # 0001-01-01T00:00:00Z
+LATEST_US = 253_402_300_799_999_999  # 9999-12-31T23:59:59.999999Z
+_BLOCK = 1 << 20
+_SMALL = 8  # a failing segment this short is checked record by record instead of halved again
 
 
 def header(batch: pa.RecordBatch, name: str) -> pa.Array:
@@ -59,22 +83,150 @@ def _ndjson(values: pa.Array) -> pa.Buffer:
     return joined.buffers()[2].slice(int(start), int(end - start))
 
 
+def max_future_seconds(stream: object) -> float:
+    """How far ahead of its bus timestamp an event time of `stream` may be: the stream's own
+    declared bound (``max_future``, a duration) when it has one, else `MAX_FUTURE_SECONDS`."""
+    declared = seconds(getattr(stream, "max_future", None))
+    return MAX_FUTURE_SECONDS if declared is None else declared
+
+
+def _block_size(values: pa.Array) -> int:
+    """A block size that holds the largest value (Arrow cannot parse an object across two blocks)."""
+    longest = pc.max(pc.binary_length(values)).as_py() or 0
+    return max(_BLOCK, 1 << (int(longest) + 2).bit_length())
+
+
 def parse_values(values: pa.Array, schema: type[Event]) -> pa.Table:
-    """Parse a binary column of JSON objects into a table of the event's own fields."""
+    """Parse a binary column of JSON objects into a table of the event's own fields.
+
+    Raises ``pa.ArrowException`` (usually ``ArrowInvalid``) unless every value is one JSON object of
+    the schema; `decode_records` is the caller that isolates the values that are not."""
     vschema = value_schema(schema)
     if len(values) == 0:
         return vschema.empty_table()
     opts = pj.ParseOptions(explicit_schema=vschema, unexpected_field_behavior="ignore")
     # 1 MiB blocks are parsed in parallel; one block per micro-batch (16 MiB) ran 2-3x slower (measured)
-    read = pj.ReadOptions(block_size=1 << 20)
+    read = pj.ReadOptions(block_size=_block_size(values))
     parsed = pj.read_json(pa.BufferReader(_ndjson(values)), read_options=read, parse_options=opts)
+    if len(parsed) != len(values):  # an empty value adds no row, "{..} {..}" two: rows would shift
+        raise pa.ArrowInvalid(f"{len(values)} values held {len(parsed)} JSON values")
     return parsed.select(vschema.names).cast(vschema)
 
 
+@dataclass(frozen=True)
+class Decoded:
+    """A batch of bus records decoded: the lake rows of those that decoded, and the others."""
+
+    events: pl.DataFrame  # lake rows (see `to_events`), one per good record, in batch order
+    rows: np.ndarray  # int64 indices in the batch of the good records, ascending
+    bad: list[tuple[int, str]]  # (index in the batch, reason) of every other record, ascending
+
+
+def decode_records(batch: pa.RecordBatch, schema: type[Event],
+                   max_future_seconds: float = MAX_FUTURE_SECONDS) -> Decoded:
+    """Decode a RECORD_SCHEMA batch; records that cannot be used come back in `bad`, never raised."""
+    values = batch.column("value")
+    rows = np.arange(batch.num_rows, dtype=np.int64)
+    bad: list[tuple[int, str]] = []
+    try:
+        parsed = parse_values(values, schema)
+    except pa.ArrowException:  # the slow path, for this batch only
+        pieces = _isolate(values, schema, 0, len(values), bad)
+        rows = np.array([i for start, table in pieces for i in range(start, start + len(table))], dtype=np.int64)
+        parsed = (pa.concat_tables([t for _, t in pieces]) if pieces else value_schema(schema).empty_table())
+        batch = batch.take(pa.array(rows))
+    events = _lake_rows(batch, parsed, schema)
+    out_of_bounds = _check_times(events, batch, max_future_seconds)
+    if out_of_bounds:
+        keep = np.ones(len(rows), dtype=bool)
+        for i, reason in out_of_bounds:
+            keep[i] = False
+            bad.append((int(rows[i]), reason))
+        events, rows = events.filter(pl.Series(keep)), rows[keep]
+        bad.sort()
+    return Decoded(events, rows, bad)
+
+
+def _isolate(values: pa.Array, schema: type[Event], start: int, stop: int,
+             bad: list[tuple[int, str]]) -> list[tuple[int, pa.Table]]:
+    """The parsed tables of the good runs of values[start:stop] (with their start), by bisection;
+    each failing value is appended to `bad` with its reason."""
+    if stop - start <= _SMALL:
+        return [piece for i in range(start, stop) for piece in _one(values, schema, i, bad)]
+    try:
+        return [(start, parse_values(values.slice(start, stop - start), schema))]
+    except pa.ArrowException:
+        middle = (start + stop) // 2
+        return _isolate(values, schema, start, middle, bad) + _isolate(values, schema, middle, stop, bad)
+
+
+def _one(values: pa.Array, schema: type[Event], i: int, bad: list[tuple[int, str]]) -> list[tuple[int, pa.Table]]:
+    try:
+        return [(i, parse_values(values.slice(i, 1), schema))]
+    except pa.ArrowException as exc:
+        bad.append((i, reason(values[i].as_py(), schema, exc)))
+        return []
+
+
+def reason(raw: bytes, schema: type[Event], exc: Exception) -> str:
+    """Why a value is not an event of `schema`, for the dead-letter record (Arrow's message names
+    neither the field of a missing value nor anything a person can act on, so it is the last resort)."""
+    name = schema.__name__
+    if not raw.strip():
+        return f"empty value: expected a JSON object of {name}"
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        return f"not UTF-8 text (invalid byte at {err.start}): expected a JSON object of {name}"
+    try:
+        obj = msgspec.json.decode(raw)
+    except msgspec.DecodeError as err:
+        return f"not JSON ({err}): expected a JSON object of {name}"
+    problems = [p for p in describe_errors(schema, obj, 0) if p["error"] != "unknown field"]
+    if problems:
+        return f"not a valid {name}: " + "; ".join(
+            f"field {p['field']!r}: {p['error']}" if p["field"] else str(p["error"]) for p in problems)
+    return f"not a valid {name}: " + re.sub(r" in row \d+$", "", str(exc).removeprefix("JSON parse error: "))
+
+
+def _check_times(events: pl.DataFrame, batch: pa.RecordBatch, max_future_seconds: float) -> list[tuple[int, str]]:
+    """(index in `events`, reason) of each event whose time is unusable (see the module docstring)."""
+    if events.height == 0:
+        return []
+    t = events.get_column(EVENT_TIME).dt.epoch("us").to_numpy()
+    bus = _bus_time_us(batch).cast(pa.int64()).to_numpy(zero_copy_only=False)
+    ahead = t - bus > int(max_future_seconds * 1_000_000)
+    outside = (t < EARLIEST_US) | (t > LATEST_US)
+    if not (ahead.any() or outside.any()):
+        return []
+    out = []
+    for i in np.flatnonzero(ahead | outside).tolist():
+        when = np.datetime64(int(t[i]), "us")
+        if outside[i]:
+            out.append((i, f"event time {when} is outside the years 1-9999: no lake reader can hold it"))
+        else:
+            out.append((i, f"event time {when}Z is more than {max_future_seconds:g} s ahead of the record's "
+                           f"bus timestamp {np.datetime64(int(bus[i]), 'us')}Z (a producer's clock or ts field "
+                           "is wrong; an event from the future would move the watermark past every other event)"))
+    return out
+
+
 def to_events(batch: pa.RecordBatch, schema: type[Event]) -> pl.DataFrame:
-    """The lake rows of a batch of bus records: event id, event time, the fields, event date."""
-    parsed = parse_values(batch.column("value"), schema)
-    bus_time = batch.column("timestamp").cast(pa.timestamp("us", tz="UTC"))
+    """The lake rows of the records of a batch that decode (see `decode_records` for the others)."""
+    return decode_records(batch, schema).events
+
+
+def _bus_time_us(batch: pa.RecordBatch) -> pa.Array:
+    """The records' bus timestamps in µs; one beyond the years 1-9999 (any int64 of ms is a valid
+    Kafka timestamp) is clipped to just outside them, where `_check_times` refuses it."""
+    ms = batch.column("timestamp").cast(pa.int64())
+    ms = pc.min_element_wise(pc.max_element_wise(ms, EARLIEST_US // 1000 - 1), LATEST_US // 1000 + 1)
+    return pc.multiply(ms, 1000).cast(pa.timestamp("us", tz="UTC"))
+
+
+def _lake_rows(batch: pa.RecordBatch, parsed: pa.Table, schema: type[Event]) -> pl.DataFrame:
+    """Event id, event time, the fields, event date: from the records and their parsed values."""
+    bus_time = _bus_time_us(batch)
     ts = parsed.column("ts").combine_chunks() if len(parsed) else pa.array([], pa.timestamp("us", tz="UTC"))
     event_time = (ts if ts.null_count == 0 else pc.if_else(pc.is_null(ts), bus_time, ts)) if len(parsed) else ts
     ids = header(batch, "event_id").cast(pa.string())

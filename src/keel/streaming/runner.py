@@ -29,6 +29,7 @@ import polars as pl
 import pyarrow as pa
 
 from keel.bus import dlq_name
+from keel.bus.ops import CONTEXT_HEADERS as _CONTEXT
 from keel.declare import Aggregation, Processor
 from keel.errors import ConflictError, KeelError
 from keel.monitor.streams import processor_metrics
@@ -183,23 +184,30 @@ class Runner:
                     good.append(call(events.slice(i, 1)))
                 except Exception as exc:  # noqa: BLE001 - any user error goes to the DLQ
                     bad.append((i, f"{type(exc).__name__}: {exc}"))
-            self._dead_letter(raw, bad)
+            self.dead_letter(raw, bad)
             return pl.concat(good, how="vertical_relaxed") if good else call(events.clear())
 
-    def _dead_letter(self, batch: pa.RecordBatch, bad: list[tuple[int, str]]) -> None:
+    def dead_letter(self, batch: pa.RecordBatch, bad: list[tuple[int, str]], stage: str = "transform") -> None:
+        """Produce the records `bad` names (index in `batch`, reason) to the stream's dead-letter
+        stream: key, value and timestamp unchanged, the record's own headers kept, and the context
+        (reason, stage, processor, source partition and offset) added as headers."""
         if not bad:
             return
         rows = batch.take(pa.array([i for i, _ in bad]))
-        headers = [[("error", err.encode()), ("processor", self.decl.name.encode()),
-                    ("source_offset", f"{p}:{o}".encode())]
-                   for (_, err), p, o in zip(bad, rows.column("partition").to_pylist(), rows.column("offset").to_pylist())]
+        headers = [[(k, v) for k, v in (own or []) if k not in _CONTEXT]
+                   + [("error", err.encode()), ("stage", stage.encode()), ("processor", self.decl.name.encode()),
+                      ("source_partition", str(p).encode()), ("source_offset", str(o).encode())]
+                   for (_, err), own, p, o in zip(bad, rows.column("headers").to_pylist(),
+                                                  rows.column("partition").to_pylist(), rows.column("offset").to_pylist())]
         dlq = pa.record_batch({"key": rows.column("key"), "value": rows.column("value"),
                                "timestamp": rows.column("timestamp"),
                                "headers": pa.array(headers, pa.map_(pa.string(), pa.binary()))})
         self.rt.bus.produce(dlq_name(self.decl.stream.name), dlq)
         self.stats.dead_lettered += len(bad)
         self.metrics["dead"].inc(len(bad))
-        log.warning("%s: %d record(s) sent to %s", self.decl.name, len(bad), dlq_name(self.decl.stream.name))
+        first = bad[0][1] if len(bad) == 1 else f"{bad[0][1]} (and {len(bad) - 1} more)"
+        log.warning("%s: %d record(s) sent to %s at %s: %s", self.decl.name, len(bad),
+                    dlq_name(self.decl.stream.name), stage, first)
 
     # -- the loop ------------------------------------------------------------------------------
 

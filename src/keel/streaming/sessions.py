@@ -20,7 +20,7 @@ import polars as pl
 from keel.declare import Aggregation
 from keel.schema import EVENT_TIME
 from keel.streaming.measures import Measure
-from keel.streaming.windows import WEND, WSTART, Emitted, advance_watermark
+from keel.streaming.windows import WEND, WSTART, Emitted, advance_watermark, overflowing
 
 _LAST = "__last_us"
 _SID = "__session"
@@ -51,6 +51,10 @@ class SessionState:
             pl.col(self.decl.by),
             *finals,
         )
+
+    def unrepresentable(self, events: pl.DataFrame) -> list[tuple[int, str]]:
+        """Events whose session could not be represented (see `overflowing`); `update` must not get them."""
+        return overflowing(events, 0, self.gap_us)
 
     def _instants(self, events: pl.DataFrame) -> pl.DataFrame:
         """Partial one-instant sessions: events of one key at one time are one partial."""

@@ -30,6 +30,7 @@ import logging
 import time
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import polars as pl
 
 from keel.declare import Aggregation, Processor, Table, View
@@ -43,7 +44,7 @@ from keel.streaming.checkpoint import (
     save_unit,
     unit_pointer,
 )
-from keel.streaming.decode import to_events
+from keel.streaming.decode import decode_records, max_future_seconds
 from keel.streaming.sessions import SessionState
 from keel.streaming.sinks import (
     empty_view_rows,
@@ -101,6 +102,11 @@ class WindowOperator:
     def watermark(self) -> int | None:
         return self.windows.watermark_us
 
+    def unrepresentable(self, events: pl.DataFrame) -> list[tuple[int, str]]:
+        """(index, reason) of the events whose windows would end beyond the year 9999 (or start
+        before the year 1): their rows could not be written or read, so they are dead-lettered."""
+        return self.windows.unrepresentable(events)
+
     def frames(self) -> dict[str, pl.DataFrame]:
         marks = pl.DataFrame({"partition": list(self.windows.marks), "high_us": list(self.windows.marks.values())},
                              schema={"partition": pl.Int64, "high_us": pl.Int64})
@@ -139,6 +145,9 @@ class KeyedOperator:
 
     def watermark(self) -> int | None:
         return None
+
+    def unrepresentable(self, events: pl.DataFrame) -> list[tuple[int, str]]:
+        return []
 
     def frames(self) -> dict[str, pl.DataFrame]:
         return {"state": self.state.frame if self.state.frame is not None else pl.DataFrame()}
@@ -212,11 +221,19 @@ class StatefulEngine:
     def process(self, batch: Any) -> int:
         parts = batch.column("partition").to_numpy()
         offs = batch.column("offset").to_numpy()
-        events = to_events(batch, self.decl.stream.schema)
+        decoded = decode_records(batch, self.decl.stream.schema, max_future_seconds(self.decl.stream))
+        self.r.dead_letter(batch, decoded.bad, stage="decode")
+        events, good = decoded.events, decoded.rows
+        overflow = self.op.unrepresentable(events)
+        if overflow:
+            self.r.dead_letter(batch, [(int(good[i]), why) for i, why in overflow], stage="window")
+            keep = np.ones(len(good), dtype=bool)
+            keep[[i for i, _ in overflow]] = False
+            events, good = events.filter(pl.Series(keep)), good[keep]
         now = time.monotonic()
         for p in set(parts.tolist()):
             self.last_seen[p] = now
-        rows, late = self.op.update(events, parts, self._active(now))
+        rows, late = self.op.update(events, parts[good], self._active(now))
         for p in set(parts.tolist()):
             self.offsets[p] = max(self.offsets.get(p, 0), int(offs[parts == p].max()) + 1)
         if rows.height:

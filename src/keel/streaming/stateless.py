@@ -31,7 +31,7 @@ import pyarrow as pa
 
 from keel.declare import Processor, Table, View
 from keel.schema import table_schema
-from keel.streaming.decode import to_events
+from keel.streaming.decode import decode_records, max_future_seconds
 from keel.streaming.sinks import keyed_view_rows, write_view_rows
 
 if TYPE_CHECKING:
@@ -153,42 +153,56 @@ class StatelessEngine:
             parts, offs = parts[keep], offs[keep]
         if batch.num_rows == 0:
             return 0
-        events = to_events(batch, self.decl.stream.schema)
+        decoded = decode_records(batch, self.decl.stream.schema, max_future_seconds(self.decl.stream))
+        self.r.dead_letter(batch, decoded.bad, stage="decode")
+        dead = {int(p) for p in parts[[i for i, _ in decoded.bad]].tolist()} if decoded.bad else set()
+        events, good = decoded.events, decoded.rows
+        if decoded.bad:  # from here on, the records that decoded (dead letters count as done below)
+            batch, good_parts, good_offs = batch.take(pa.array(good)), parts[good], offs[good]
+        else:
+            good_parts, good_offs = parts, offs
         outputs = []
         next_offsets: dict[int, int] = {}
         for p in np.unique(parts).tolist():
-            mask = parts == p
+            next_offsets[p] = int(offs[parts == p].max()) + 1
+            mask = good_parts == p
+            if not mask.any():  # only dead letters: move the position past them
+                self._commit_partition(p, events.clear(), good_offs[mask], events.clear(), next_offsets[p], True)
+                continue
             sub = events if mask.all() else events.filter(pl.Series(mask))
-            sub_offs = offs[mask]
-            next_offsets[p] = int(sub_offs.max()) + 1
             out = self.r.transform(sub, batch.filter(pa.array(mask)) if not mask.all() else batch)
             outputs.append(out)
             if self.tables and out.height and not self.created:
                 self._create_tables(out.to_arrow().schema)
                 self.acquire(p)  # fence now that the tables exist
-            self._commit_partition(p, sub, sub_offs, out, next_offsets[p])
-        out_all = pl.concat(outputs, how="diagonal_relaxed") if len(outputs) > 1 else outputs[0]
+            self._commit_partition(p, sub, good_offs[mask], out, next_offsets[p], p in dead)
         key = self.decl.stream.key
-        for v in self.views:
-            if key is not None:
+        if outputs and key is not None:
+            out_all = pl.concat(outputs, how="diagonal_relaxed") if len(outputs) > 1 else outputs[0]
+            for v in self.views:
                 write_view_rows(self.r.rt.views, v.name, keyed_view_rows(key, out_all))
         self.r.commit_group(next_offsets)
-        return int(batch.num_rows)
+        return int(parts.size)
 
-    def _commit_partition(self, p: int, events: pl.DataFrame, offs: np.ndarray, out: pl.DataFrame, nxt: int) -> None:
+    def _commit_partition(self, p: int, events: pl.DataFrame, offs: np.ndarray, out: pl.DataFrame, nxt: int,
+                          dead: bool = False) -> None:
+        """Append `out` (the rows of `events`, at offsets `offs`, of partition p up to `nxt`) to each
+        table from its position on. With `dead` (records of this batch were dead-lettered) a table
+        gets an empty commit when it has no rows, so that after a restart its position is past the
+        dead letters and they are not read (and dead-lettered) again."""
         owned = self.owned.get(p)
         if owned is None or not self.created:
             return
         lake = self.r.rt.lake
         for t in self.tables:
             start = owned.position.get(t.name, 0)
-            rows = out
-            if start > int(offs.min()):  # this table is ahead of another: only its new records
-                rows = self.r.transform(events.filter(pl.Series(offs >= start)))
             if nxt <= start:
                 continue
-            if rows.height:
-                data = rows.to_arrow()
+            rows = out
+            if offs.size and start > int(offs.min()):  # this table is ahead of another: only its new records
+                rows = self.r.transform(events.filter(pl.Series(offs >= start)))
+            if rows.height or dead:
+                data = rows.to_arrow() if rows.height else lake.describe(t.name).schema.empty_table()
                 ok = lake.append(t.name, data, writer=writer_of(self.decl.name, p),
                                  version=encode(owned.epoch[t.name], nxt), metadata={"next_offset": str(nxt)})
                 if not ok:

@@ -27,6 +27,7 @@ import polars as pl
 
 from keel.declare import Aggregation
 from keel.schema import EVENT_TIME
+from keel.streaming.decode import EARLIEST_US, LATEST_US
 from keel.streaming.measures import Measure
 
 WSTART, WEND = "window_start", "window_end"
@@ -58,6 +59,18 @@ def advance_watermark(marks: dict[int, int], events: pl.DataFrame, partitions: n
     return wm if current is None else max(current, wm)
 
 
+def overflowing(events: pl.DataFrame, before_us: int, after_us: int) -> list[tuple[int, str]]:
+    """(index, reason) of the events whose windows, reaching from `before_us` before the event to
+    `after_us` after it, would leave the years 1-9999 (no datetime of Python, Spark or Delta holds
+    such a window's bounds: the aggregation would crash on them)."""
+    if events.height == 0:
+        return []
+    t = events.get_column(EVENT_TIME).dt.epoch("us").to_numpy()
+    bad = np.flatnonzero((t > LATEST_US - after_us) | (t < EARLIEST_US + before_us)).tolist()
+    return [(i, f"event time {np.datetime64(int(t[i]), 'us')}Z: its window would end after the year 9999 "
+                "or start before the year 1") for i in bad]
+
+
 class WindowState:
     """Open tumbling or hopping windows of one aggregation (see the module docstring)."""
 
@@ -75,6 +88,10 @@ class WindowState:
         self.marks: dict[int, int] = {}  # partition -> greatest event time seen (µs)
         self._partial_exprs = [e for name, m in self.measures.items() for e in m.partial(name)]
         self._merge_exprs = [e for name, m in self.measures.items() for e in m.merge(name)]
+
+    def unrepresentable(self, events: pl.DataFrame) -> list[tuple[int, str]]:
+        """Events whose windows cannot be represented (see `overflowing`); `update` must not get them."""
+        return overflowing(events, self.size_us, self.size_us)
 
     def _assign(self, events: pl.DataFrame) -> pl.DataFrame:
         """One row per (event, window it falls in), with window_start in µs."""

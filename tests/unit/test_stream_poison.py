@@ -1,0 +1,267 @@
+"""Poison records on the file:// bus: whatever a producer writes, every processor of the stream (a
+landing, a keel.processor, an aggregation) goes on; every good record lands exactly once, every bad
+one is in `<stream>.dlq` with its source partition, offset, unchanged bytes and reason, and
+`keel dlq` shows and replays it. The records are produced raw (bus.produce of a record batch), as a
+plain Kafka producer would, not through the gateway."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import polars as pl
+import pyarrow as pa
+import pytest
+
+import keel
+from keel.bus import dlq_name, ops
+from keel.bus.base import HEADERS_TYPE, StreamConfig
+from keel.catalog import collecting
+from keel.streaming.runner import Runner
+from tests.unit.test_stream_runner import engines
+
+BASE = datetime(2024, 1, 1, tzinfo=UTC)
+BASE_MS = int(BASE.timestamp() * 1000)
+MB = 1 << 20
+
+
+class Click(keel.Event):
+    user_id: str
+    item_id: str
+    n: int | None = None
+
+
+def good(user: str, item: str, second: float) -> bytes:
+    return json.dumps({"user_id": user, "item_id": item, "ts": (BASE + timedelta(seconds=second)).isoformat()}).encode()
+
+
+@dataclass
+class Record:
+    value: bytes
+    reason: str | None = None  # a part of the dead-letter reason; None for a good record
+    timestamp_ms: int | None = None  # the bus timestamp (default: BASE + 1 min)
+    window_only: bool = False  # good for a landing, dead-lettered by the aggregation (window overflow)
+
+
+def poison() -> list[Record]:
+    """Every kind of bad record, between good ones, in one batch."""
+    far = (BASE + timedelta(days=2)).isoformat()
+    end_of_time = datetime(9999, 12, 31, 23, 59, 0, tzinfo=UTC)
+    return [
+        Record(good("u1", "a", 1)),
+        Record(b"hello, not json", "not JSON"),
+        Record(good("u2", "a", 2)),
+        Record(b'{"user_id": "\xff\xfe", "item_id": "a"}', "not UTF-8"),
+        Record(b'{"user_id": "u3"}', "'item_id': required field is missing"),
+        Record(good("u3", "b", 3)),
+        Record(b'{"user_id": 5, "item_id": "a"}', "'user_id'"),
+        Record(b'{"user_id": "u4", "item_id": "a", "n": "five"}', "'n'"),
+        Record(b"[1, 2, 3]", "expected a JSON object, got list"),
+        Record(b"", "empty value"),
+        Record(good("u4", "a", 4) + b"\n" + good("u5", "a", 5), "not JSON"),  # two events in one value
+        Record(b'{"user_id": "' + b"x" * (10 * MB) + b'"}', "'item_id': required field is missing"),
+        Record(json.dumps({"user_id": "u" * (3 * MB), "item_id": "c",
+                           "ts": (BASE + timedelta(seconds=6)).isoformat()}).encode()),  # 3 MB, good
+        Record(json.dumps({"user_id": "u6", "item_id": "a", "ts": far}).encode(), "ahead of the record's bus timestamp"),
+        Record(b'{"user_id": "u7", "item_id": "a", "ts": "0000-06-01T00:00:00Z"}', "outside the years 1-9999"),
+        Record(b'{"user_id": "u8", "item_id": "a"}', "outside the years 1-9999", timestamp_ms=10**15),  # bus time
+        Record(json.dumps({"user_id": "u9", "item_id": "z", "ts": end_of_time.isoformat()}).encode(),
+               "window would end after the year 9999", timestamp_ms=int(end_of_time.timestamp() * 1000) - 60_000,
+               window_only=True),
+        Record(good("u1", "b", 7)),
+    ]
+
+
+def produce(rt: Any, stream: str, records: list[Record], first_id: int = 0) -> list[tuple[int, int]]:
+    """Produce raw records (event ids e<first_id>...); returns each one's (partition, offset)."""
+    n = len(records)
+    produced = rt.bus.produce(stream, pa.table({
+        "key": pa.array([f"k{(first_id + i) % 5}".encode() for i in range(n)], pa.binary()),
+        "value": pa.array([r.value for r in records], pa.binary()),
+        "timestamp": pa.array([r.timestamp_ms if r.timestamp_ms is not None else BASE_MS + 60_000 for r in records],
+                              pa.int64()).cast(pa.timestamp("ms", tz="UTC")),
+        "headers": pa.array([[("event_id", f"e{first_id + i}".encode())] for i in range(n)], HEADERS_TYPE)}))
+    return list(zip(produced.partitions.tolist(), produced.offsets.tolist()))
+
+
+def drain(runner: Runner, steps: int = 30) -> None:
+    for _ in range(steps):
+        runner.step(timeout=0.02)
+    runner.flush()
+
+
+def raw_dead_letters(rt: Any, stream: str) -> list[dict[str, Any]]:
+    """The dead-letter stream as stored (bytes, not decoded), read by a group of the test's own."""
+    consumer = rt.bus.consumer(dlq_name(stream), "test-raw-reader", partitions=[0])
+    consumer.seek(0, 0)
+    out: list[dict[str, Any]] = []
+    for _ in range(50):
+        batch = consumer.poll(10_000, timeout=0.05)
+        out += batch.drop_columns(["timestamp"]).to_pylist()  # a bus timestamp may be beyond datetime
+        if batch.num_rows == 0 and out:
+            break
+    consumer.close()
+    return out
+
+
+@pytest.fixture
+def shop(tmp_path: Path) -> Iterator[SimpleNamespace]:
+    with collecting():
+        clicks = keel.stream("clicks", Click, key="user_id", partitions=2)
+        land = keel.land(clicks, keel.table("clicks"))
+
+        @keel.processor(clicks, into=keel.table("items"))
+        def items(batch):  # type: ignore[no-untyped-def]
+            return batch.select("event_id", "item_id")
+
+        @keel.aggregate(clicks, by="item_id", window=keel.tumbling("1m"), lateness="10s",
+                        into=[keel.view("counts"), keel.table("counts_1m")])
+        def counts(w):  # type: ignore[no-untyped-def]
+            return {"views": w.count()}
+    rt = engines(tmp_path, ["counts"])
+    rt.bus.create_stream(StreamConfig("clicks", 2))
+    yield SimpleNamespace(rt=rt, land=land, items=items, counts=counts)
+    rt.bus.close()
+    rt.kv.close()
+
+
+def test_every_processor_goes_on_past_poison_records_and_dead_letters_each_with_its_reason(shop: Any) -> None:
+    records = poison()
+    where = produce(shop.rt, "clicks", records)
+    runners = [Runner(decl, shop.rt, max_records=100) for decl in (shop.land, shop.items, shop.counts)]
+    for r in runners:
+        r.start()
+        drain(r)
+    ids = {f"e{i}" for i, r in enumerate(records) if r.reason is None or r.window_only}
+    landed = shop.rt.lake.read("clicks", columns=["event_id"]).column("event_id").to_pylist()
+    assert sorted(landed) == sorted(ids)  # every good record once, and nothing else
+    assert sorted(shop.rt.lake.read("items", columns=["event_id"]).column("event_id").to_pylist()) == sorted(ids)
+
+    shown = ops.dlq_show(shop.rt.bus, "clicks")
+    bad = {where[i]: r for i, r in enumerate(records) if r.reason is not None}
+    assert {(d["partition"], d["offset"]) for d in shown} == set(bad)
+    assert len(shown) == len(bad)  # each once, though three processors dead-lettered most of them
+    for d in shown:
+        record = bad[(d["partition"], d["offset"])]
+        assert d["stream"] == "clicks"
+        assert record.reason in d["reason"]
+        expected = "counts" if record.window_only else "land_clicks, items, counts"
+        assert sorted(d["processor"].split(", ")) == sorted(expected.split(", "))
+    # the stored dead letters hold the records as produced: bytes, key, timestamp and headers
+    for raw in raw_dead_letters(shop.rt, "clicks"):
+        h = dict(raw["headers"])
+        i = int(h["event_id"].decode()[1:])
+        assert raw["value"] == records[i].value
+        assert where[i] == (int(h["source_partition"]), int(h["source_offset"]))
+        assert raw["key"] == f"k{i % 5}".encode()
+
+    # the far-future event did not move the watermark: later ordinary events are on time
+    more = [Record(good("u1", "a", 30))] + [Record(good(f"u{i}", "q", 200)) for i in range(5)]  # every key
+    produce(shop.rt, "clicks", more, first_id=len(records))
+    drain(runners[2])
+    assert "counts_late" not in shop.rt.lake.list_tables()
+    closed = pl.from_arrow(shop.rt.lake.read("counts_1m")).sort("window_start", "item_id")
+    assert closed.select(pl.col("window_start").dt.epoch("s") - int(BASE.timestamp()), "item_id", "views").rows() == \
+        [(0, "a", 3), (0, "b", 2), (0, "c", 1)]  # u1 a, u2 a, u1 a @30 s; u3 b, u1 b; the 3 MB event
+    for r in runners:
+        r.consumer.close()
+
+
+def test_a_restart_neither_dies_nor_loses_nor_dead_letters_again(shop: Any) -> None:
+    records = poison()
+    produce(shop.rt, "clicks", records)
+    for decl in (shop.land, shop.counts):
+        first = Runner(decl, shop.rt, max_records=7)  # several batches, some of only dead letters
+        first.start()
+        drain(first)
+        first.consumer.close()
+    dead = shop.rt.bus.describe(dlq_name("clicks")).partitions[0].end_offset
+    assert dead > 0
+    more = [Record(good("u1", "a", 40)), Record(b"garbage"), Record(good("u2", "a", 41))]
+    produce(shop.rt, "clicks", more, first_id=len(records))
+    for decl in (shop.land, shop.counts):
+        again = Runner(decl, shop.rt, max_records=7)
+        again.start()
+        drain(again)
+        assert again.stats.events == 3  # resumed after the dead letters, not at them
+        again.consumer.close()
+    assert shop.rt.bus.describe(dlq_name("clicks")).partitions[0].end_offset == dead + 2  # the new one, twice
+    ids = {f"e{i}" for i, r in enumerate(records) if r.reason is None or r.window_only}
+    ids |= {f"e{len(records)}", f"e{len(records) + 2}"}
+    landed = shop.rt.lake.read("clicks", columns=["event_id"]).column("event_id").to_pylist()
+    assert sorted(landed) == sorted(ids)
+
+
+def test_dead_letters_replay_once_into_the_stream_after_the_schema_is_fixed(tmp_path: Path) -> None:
+    class Strict(keel.Event):
+        user_id: str
+        item_id: str
+        n: int
+
+    class Fixed(keel.Event):  # the field the producer omits becomes optional: a compatible change
+        user_id: str
+        item_id: str
+        n: int | None = None
+
+    def declare(schema: type[keel.Event]) -> Any:
+        with collecting():
+            clicks = keel.stream("clicks", schema, key="user_id")
+
+            @keel.aggregate(clicks, by="item_id", window=keel.tumbling("1m"), into=[keel.table("counts_1m")])
+            def counts(w):  # type: ignore[no-untyped-def]
+                return {"views": w.count()}
+        return counts
+
+    rt = engines(tmp_path, [])
+    rt.bus.create_stream(StreamConfig("clicks", 1))
+    values = [b'{"user_id": "u1", "item_id": "a", "n": 1, "ts": "2024-01-01T00:00:01Z"}',
+              b'{"user_id": "u2", "item_id": "a", "ts": "2024-01-01T00:00:02Z"}',  # no n
+              b'{"user_id": "u3", "item_id": "a", "ts": "2024-01-01T00:00:03Z"}']  # no n
+    produce(rt, "clicks", [Record(v) for v in values])
+    runner = Runner(declare(Strict), rt)
+    runner.start()
+    drain(runner)
+    runner.consumer.close()
+    assert [d["reason"] for d in ops.dlq_show(rt.bus, "clicks")] == ["not a valid Strict: field 'n': required field is missing"] * 2
+
+    assert ops.dlq_replay(rt.bus, "clicks") == 2
+    assert ops.dlq_show(rt.bus, "clicks") == []
+    fixed = Runner(declare(Fixed), rt)
+    fixed.start()
+    produce(rt, "clicks", [Record(good("u4", "b", 70))], first_id=3)  # closes the first minute
+    drain(fixed)
+    fixed.consumer.close()
+    closed = pl.from_arrow(rt.lake.read("counts_1m"))
+    assert closed.select("item_id", "views").rows() == [("a", 3)]  # u1, and u2 and u3 replayed once each
+    assert ops.dlq_show(rt.bus, "clicks") == []
+    rt.bus.close()
+    rt.kv.close()
+
+
+def test_the_fast_path_parses_a_batch_of_good_records_in_one_call(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Isolation costs nothing when nothing is bad: one parse of the whole batch, no bisection."""
+    from keel.streaming import decode as decode_mod
+
+    calls = []
+    real = decode_mod.parse_values
+    monkeypatch.setattr(decode_mod, "parse_values", lambda v, s: calls.append(len(v)) or real(v, s))
+    n = 1000
+    batch = pa.record_batch({
+        "partition": pa.array([0] * n, pa.int32()), "offset": pa.array(range(n), pa.int64()),
+        "timestamp": pa.array([BASE_MS] * n, pa.int64()).cast(pa.timestamp("ms", tz="UTC")),
+        "key": pa.nulls(n, pa.binary()), "value": pa.array([good("u", "a", i) for i in range(n)], pa.binary()),
+        "headers": pa.nulls(n, HEADERS_TYPE)})
+    decoded = decode_mod.decode_records(batch, Click)
+    assert calls == [n] and decoded.bad == [] and decoded.events.height == n
+    one_bad = pa.record_batch([batch.column(i) if batch.schema.names[i] != "value" else
+                               pa.array([good("u", "a", i) if i != 500 else b"{" for i in range(n)], pa.binary())
+                               for i in range(batch.num_columns)], schema=batch.schema)
+    calls.clear()
+    decoded = decode_mod.decode_records(one_bad, Click)
+    assert [i for i, _ in decoded.bad] == [500] and decoded.events.height == n - 1
+    assert len(calls) < 40  # bisection: about 2 log2(n) parses, not one per record
