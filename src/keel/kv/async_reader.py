@@ -4,19 +4,22 @@
 the order of ``keys``, as the exact bytes the sync engine would return. It is what the gateway's
 view lookups await; writers and jobs keep the sync `KeyValue`.
 
-Engines: ``redis://`` has its own (`keel.kv.async_redis`: hiredis, one connection pool, and
-request coalescing: the GETs of every request arriving in the same event-loop tick travel as one
-MGET). Every other engine is wrapped by `InlineReader`, which calls the sync engine on the event
+Engines (`keel.kv.ASYNC_READERS`, keyed by the engine of `keel.kv.ENGINES`): ``redis://`` and
+``rediss://`` have their own (`keel.kv.async_redis`: hiredis, one connection pool, and request
+coalescing: the GETs of every request arriving in the same event-loop tick travel as one MGET).
+Every other engine is wrapped by `InlineReader`, which calls the sync engine on the event
 loop: the embedded SQLite engine answers a point read in microseconds from a local file, less
 than a hop to a worker thread would cost.
 """
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable, Sequence
 from typing import Protocol, runtime_checkable
 
 from keel.engines import scheme_of
+from keel.kv import ASYNC_READERS, ENGINES
 from keel.kv.base import KeyValue
 
 
@@ -50,11 +53,12 @@ def open_async_reader(url: str, kv: Callable[[], KeyValue], *, timeout: float = 
 
     Must be called inside the event loop that will use the reader (its connections belong to it).
     """
-    if scheme_of(url) in ("redis", "rediss"):
-        from keel.kv.async_redis import open_async_redis
-
-        return open_async_redis(url, timeout=timeout)
-    return InlineReader(kv)
+    target = ASYNC_READERS.get(ENGINES.get(scheme_of(url), ""))
+    if target is None:
+        return InlineReader(kv)  # an unknown scheme fails on first use, in kv(), naming the known ones
+    module_name, _, factory_name = target.partition(":")
+    reader: AsyncReader = getattr(importlib.import_module(module_name), factory_name)(url, timeout=timeout)
+    return reader
 
 
 __all__ = ["AsyncReader", "InlineReader", "open_async_reader"]

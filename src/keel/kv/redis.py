@@ -291,7 +291,7 @@ class RedisKeyValue:
 
 def translate(exc: BaseException, errors: Any, url: str) -> BackendError:
     """The `BackendError` for a redis-py error (shared by the sync engine and the async reader)."""
-    text = str(exc)
+    text = str(exc).rstrip(".")
     if "SSL" in text or "certificate" in text:
         return BackendError(
             f"cannot open a TLS connection to Redis at {url}: {text}. Give the CA that signed the server's "
