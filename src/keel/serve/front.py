@@ -2,13 +2,19 @@
 
 In order, before any route runs (OWASP API1/API2/API4/API5: one place, default deny):
 
-1. **Shed** past ``max_concurrency`` requests in flight: 503 + Retry-After, at once.
+1. **Shed** (503 + Retry-After, at once): past ``max_concurrency`` requests in flight; a request
+   that waited past ``max_queue_seconds`` since it arrived (its arrival is stamped by the HTTP
+   protocol `StampedHttp`; under overload the event loop is the queue, and a request that sat in it
+   too long is answered at once, so the time of the requests served stays bounded); a body whose
+   Content-Length would take the body bytes in flight past ``max_inflight_bytes`` (memory stays
+   bounded; a chunked body is counted as it arrives).
 2. **Authenticate**: ``Authorization: Bearer <key>`` or ``X-API-Key: <key>``. Without a key only a
    loopback client of a non-production profile is served (as the local developer); otherwise 401.
 3. **Authorize** the route's scope (``ingest:<stream>``, ``read:<view>``, ``call:<endpoint>``,
    ``admin`` for /metrics): 403 without it. /healthz, /readyz and /openapi.json are public.
 4. **Rate limit** per key: 429 + Retry-After.
-5. **Body limit** (413) and **time limit** (504) around the route.
+5. **Body limit** (413) and **time limit** around the route: 408 when the client had not sent its
+   body by then, 504 when the handler or a backend was the slow one.
 
 Then the view lookups, the hot path, are answered in raw ASGI by `keel.serve.views` (no router,
 no Request object, stored JSON bytes sent as they are). Every other route goes to the Starlette
@@ -27,10 +33,13 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
+from starlette.requests import ClientDisconnect
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
 from keel.errors import BackendError, KeelError, NotFoundError
 from keel.kv.async_reader import AsyncReader, open_async_reader
 from keel.serve.keys import LOCAL_DEVELOPER, KeyRing, Principal
-from keel.serve.limits import GatewayOptions, RateLimiter, retry_after
+from keel.serve.limits import ByteBudget, GatewayOptions, RateLimiter, retry_after
 from keel.serve.metrics import Metrics
 from keel.serve.resilience import Backend, CircuitOpenError
 from keel.serve.views import error, view_many, view_one
@@ -48,8 +57,47 @@ _JSON = (b"content-type", b"application/json")
 _LOOPBACK = ("127.", "::1", "::ffff:127.")
 
 
+ARRIVED = "keel.arrived"  # scope["extensions"][ARRIVED]["at"]: time.monotonic() when the request's first bytes were parsed
+
+
 class _TooLarge(Exception):
     pass
+
+
+class _OverBudget(Exception):
+    pass
+
+
+class _Body:
+    """The route's ``receive``: counts the body against its limit and the byte budget, and knows
+    whether the request is waiting on the client (a timeout then is the client's: 408)."""
+
+    __slots__ = ("budget", "disconnected", "limit", "receive", "received", "reserved", "sending")
+
+    def __init__(self, receive: Receive, limit: int, budget: ByteBudget, reserved: int, has_body: bool) -> None:
+        self.receive, self.limit, self.budget = receive, limit, budget
+        self.reserved = reserved  # bytes taken from the budget (the Content-Length, or the chunks so far)
+        self.received = 0
+        self.sending = has_body  # the client has not sent its whole body yet
+        self.disconnected = False
+
+    async def __call__(self) -> Message:
+        if not self.sending:
+            return await self.receive()  # after the body: only a disconnect can come
+        message = await self.receive()
+        if message["type"] != "http.request":
+            self.disconnected = True
+            return message
+        size = len(message.get("body", b""))
+        self.received += size
+        if self.received > self.limit:
+            raise _TooLarge
+        if self.received > self.reserved:  # chunked (or more than declared): count it as it arrives
+            if not self.budget.reserve(self.received - self.reserved):
+                raise _OverBudget
+            self.reserved = self.received
+        self.sending = bool(message.get("more_body", False))
+        return message
 
 
 @dataclass
@@ -96,7 +144,9 @@ class Gateway:
         self.metrics = metrics
         self.views = views
         self.endpoints = endpoints  # (name, path regex, scope)
-        self.rate = RateLimiter(options.default_rate)
+        self.clock = options.clock
+        self.rate = RateLimiter(options.default_rate, options.clock)
+        self.budget = ByteBudget(options.max_inflight_bytes)
         self.inflight = 0
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -109,16 +159,21 @@ class Gateway:
         method: str = scope["method"]
         t0 = time.perf_counter()
         if path in PUBLIC:
-            status = await self._routed(scope, receive, send, None)
+            status = await self._routed(scope, receive, send)
             self.metrics.observe(path[1:], method, status, time.perf_counter() - t0)
             return
         if self.inflight >= self.options.max_concurrency:
-            self.metrics.refused.labels("shed").inc()
-            await error(send, 503, "the gateway is over capacity; retry after the Retry-After delay",
-                          ((b"retry-after", b"1"),))
-            return
+            return await self._shed(send, "shed", "the gateway is over capacity")
+        stamp = scope.get("extensions", {}).get(ARRIVED)
+        if stamp is not None:
+            waited = self.clock() - stamp["at"]
+            if waited > self.options.max_queue_seconds:
+                return await self._shed(send, "queue", f"the request waited {waited:.2f}s in the gateway's queue "
+                                                        f"(bound {self.options.max_queue_seconds}s): it is over capacity")
+            self.metrics.queued.observe(waited)
         token: str | None = None
         length: bytes | None = None
+        chunked = False
         for name, value in scope["headers"]:
             if name == b"authorization":
                 token = value[7:].strip().decode("latin-1") if value[:7].lower() == b"bearer " else ""
@@ -126,6 +181,8 @@ class Gateway:
                 token = value.strip().decode("latin-1")
             elif name == b"content-length":
                 length = value
+            elif name == b"transfer-encoding":
+                chunked = True
         principal = self._authenticate(scope, token)
         if principal is None:
             self.metrics.refused.labels("unauthenticated").inc()
@@ -145,44 +202,43 @@ class Gateway:
                 await error(send, 429, "this key is over its rate limit; slow down",
                               ((b"retry-after", retry_after(wait)),))
                 return
-        self.inflight += 1
-        try:
-            if hot is not None:
-                if hot[1] is None:
-                    status = await view_many(self.services.read, self.views, hot[0], receive, send,
-                                             self.options.max_body_bytes)
-                else:
-                    status = await view_one(self.services.read, self.views, hot[0], hot[1], send)
-            else:
-                status = await self._routed(scope, receive, send, length)
-        finally:
-            self.inflight -= 1
-        self.metrics.observe(route, method, status, time.perf_counter() - t0)
-
-    # -- everything else -----------------------------------------------------------------------
-
-    async def _routed(self, scope: Scope, receive: Receive, send: Send, length: bytes | None) -> int:
-        """Run the router under the body and time limits; turn leftover errors into answers."""
-        limit = self.options.max_body_bytes
+        declared = 0
         if length is not None:
+            limit = self.options.max_body_bytes
             try:
                 declared = int(length)
             except ValueError:
-                return await error(send, 400, "Content-Length is not a number")
+                await error(send, 400, "Content-Length is not a number")
+                return
             if declared > limit:
                 self.metrics.refused.labels("too_large").inc()
-                return await error(send, 413, f"body of {declared} bytes exceeds the {limit}-byte limit; send "
-                                                "smaller batches")
-        received = 0
-        status = 0
+                await error(send, 413, f"body of {declared} bytes exceeds the {limit}-byte limit; send smaller batches")
+                return
+            if not self.budget.reserve(declared):
+                return await self._shed(send, "memory", "the gateway holds as many request bodies as its memory "
+                                                         "budget allows")
+        body = _Body(receive, self.options.max_body_bytes, self.budget, declared, bool(declared) or chunked)
+        self.inflight += 1
+        try:
+            if hot is not None and hot[1] is not None:
+                status = await view_one(self.services.read, self.views, hot[0], hot[1], send)
+            else:
+                status = await self._routed(scope, body, send, hot)
+        finally:
+            self.inflight -= 1
+            self.budget.release(body.reserved)
+        self.metrics.observe(route, method, status, time.perf_counter() - t0)
 
-        async def counted_receive() -> Message:
-            nonlocal received
-            message = await receive()
-            received += len(message.get("body", b""))
-            if received > limit:
-                raise _TooLarge
-            return message
+    async def _shed(self, send: Send, reason: str, why: str) -> None:
+        self.metrics.refused.labels(reason).inc()
+        await error(send, 503, f"{why}; retry after the Retry-After delay", ((b"retry-after", b"1"),))
+
+    # -- everything else -----------------------------------------------------------------------
+
+    async def _routed(self, scope: Scope, body: _Body | Receive, send: Send,
+                      hot: tuple[str, str | None] | None = None) -> int:
+        """Run the route under the time limit; turn the limits and leftover errors into answers."""
+        status = 0
 
         async def watched_send(message: Message) -> None:
             nonlocal status
@@ -190,17 +246,32 @@ class Gateway:
                 status = message["status"]
             await send(message)
 
+        timeout = self.options.request_timeout
         try:
-            async with asyncio.timeout(self.options.request_timeout):
-                await self.router(scope, counted_receive, watched_send)
+            async with asyncio.timeout(timeout):
+                if hot is not None:
+                    answered = await view_many(self.services.read, self.views, hot[0], body, watched_send,
+                                               self.options.max_body_bytes)
+                    status = status or answered
+                else:
+                    await self.router(scope, body, watched_send)
         except _TooLarge:
             self.metrics.refused.labels("too_large").inc()
             if not status:
+                limit = self.options.max_body_bytes
                 status = await error(send, 413, f"body exceeds the {limit}-byte limit; send smaller batches")
-        except TimeoutError:
+        except _OverBudget:
+            self.metrics.refused.labels("memory").inc()
             if not status:
-                status = await error(send, 504, f"the request did not complete within "
-                                                  f"{self.options.request_timeout}s; retry later")
+                status = await error(send, 503, "the gateway holds as many request bodies as its memory budget "
+                                                "allows; retry after the Retry-After delay", ((b"retry-after", b"1"),))
+        except TimeoutError:
+            if not status and isinstance(body, _Body) and body.sending:
+                self.metrics.refused.labels("slow_client").inc()
+                status = await error(send, 408, f"the request body was not received within {timeout}s; send it "
+                                                  "without pauses (or in smaller requests)", ((b"connection", b"close"),))
+            elif not status:
+                status = await error(send, 504, f"the request did not complete within {timeout}s; retry later")
         except NotFoundError as exc:
             if not status:
                 status = await error(send, 404, str(exc))
@@ -211,7 +282,11 @@ class Gateway:
         except KeelError as exc:
             if not status:
                 status = await error(send, 400, str(exc))
+        except ClientDisconnect:
+            return status or 499  # the client went away: nobody to answer
         except Exception:
+            if isinstance(body, _Body) and body.disconnected:
+                return status or 499
             log.exception("gateway route %s %s failed", scope["method"], scope["path"])
             if not status:
                 status = await error(send, 500, "internal error; the gateway's log has the details")
@@ -257,4 +332,16 @@ class Gateway:
                 return
 
 
-__all__ = ["PUBLIC", "Gateway", "Services"]
+class StampedHttp(HttpToolsProtocol):
+    """uvicorn's HTTP/1.1 protocol (httptools), stamping each request's arrival into its scope.
+
+    Pass it to uvicorn (``uvicorn.Config(app, http=StampedHttp)``) so the gateway can shed what
+    waited too long in the event loop's queue (``max_queue_seconds``); without the stamp it cannot.
+    """
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self.scope["extensions"] = {ARRIVED: {"at": time.monotonic()}}
+
+
+__all__ = ["ARRIVED", "PUBLIC", "Gateway", "Services", "StampedHttp"]

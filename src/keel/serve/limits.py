@@ -5,9 +5,13 @@ Every limit answers before the work starts, with a status the client can act on:
 * 401 no or bad key; 403 key without the scope;
 * 413 body over ``max_body_bytes`` (checked on Content-Length, and counted while streaming);
 * 429 key over its rate (token bucket per key; Retry-After says when a token is back);
-* 503 over ``max_concurrency`` requests in flight (load shedding: refused at once, so the accepted
-  requests stay fast), or a backend unavailable (breaker open, timeout); Retry-After on both;
-* 504 a request past ``request_timeout``.
+* 408 a client that has not sent its whole body within ``request_timeout`` (the client is slow);
+* 503 (load shedding, Retry-After on each; the accepted requests stay fast and memory stays bounded):
+  over ``max_concurrency`` requests in flight; a request whose declared Content-Length would take the
+  bodies in flight past ``max_inflight_bytes`` (refused before its body is read; a chunked body is
+  counted as it arrives); a request that waited longer than ``max_queue_seconds`` between its
+  arrival and the moment the gateway got to it; or a backend unavailable (breaker open, timeout);
+* 504 a request whose handler or backend is past ``request_timeout`` (the server is slow).
 
 The limiter is per gateway process: N replicas allow N times the rate (documented, not hidden).
 The local developer on loopback (no key, local profile only) is not rate limited.
@@ -17,6 +21,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from keel.serve.resilience import BackendPolicy
@@ -33,16 +38,19 @@ class GatewayOptions:
     kv: BackendPolicy = field(default_factory=lambda: BackendPolicy(timeout=0.5))
     bus: BackendPolicy = field(default_factory=lambda: BackendPolicy(timeout=4.0, failures=3))
     workers: int = 32  # threads for bus produce and endpoint handlers
+    max_inflight_bytes: int = 64 * 1024 * 1024  # request bodies being received or served; more is shed (503)
+    max_queue_seconds: float = 0.5  # a request that waited longer than this before being served is shed (503)
+    clock: Callable[[], float] = time.monotonic  # the gateway's clock (rate limits, queue time); tests inject one
 
 
 class TokenBucket:
     __slots__ = ("burst", "rate", "stamp", "tokens")
 
-    def __init__(self, rate: float, burst: float | None = None) -> None:
+    def __init__(self, rate: float, now: float, burst: float | None = None) -> None:
         self.rate = rate
         self.burst = max(burst if burst is not None else rate, 1.0)
         self.tokens = self.burst
-        self.stamp = time.monotonic()
+        self.stamp = now
 
     def take(self, now: float) -> float:
         """Take one token: 0.0 if there was one, else the seconds until there will be."""
@@ -57,17 +65,44 @@ class TokenBucket:
 class RateLimiter:
     """One token bucket per key id (keys are few: the table is bounded by the key file)."""
 
-    def __init__(self, default_rate: float) -> None:
+    def __init__(self, default_rate: float, clock: Callable[[], float] = time.monotonic) -> None:
         self.default_rate = default_rate
+        self.clock = clock
         self._buckets: dict[str, TokenBucket] = {}
 
     def wait(self, key_id: str, rate: float | None) -> float:
         """0.0 when the request may go ahead, else the Retry-After in seconds."""
         bucket = self._buckets.get(key_id)
         rate = rate or self.default_rate
+        now = self.clock()
         if bucket is None or bucket.rate != rate:
-            bucket = self._buckets[key_id] = TokenBucket(rate)
-        return bucket.take(time.monotonic())
+            bucket = self._buckets[key_id] = TokenBucket(rate, now)
+        return bucket.take(now)
+
+
+class ByteBudget:
+    """The request body bytes the gateway holds at once, at most ``limit`` (requests beyond it are shed).
+
+    A request with a Content-Length reserves it whole before its body is read; a chunked body
+    reserves each chunk as it arrives. Whatever a request reserved is given back when it ends.
+    One event loop uses it, so no lock.
+    """
+
+    __slots__ = ("limit", "used")
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.used = 0
+
+    def reserve(self, size: int) -> bool:
+        """Take ``size`` bytes if they fit (always, for the first request: one body may be the budget)."""
+        if self.used and self.used + size > self.limit:
+            return False
+        self.used += size
+        return True
+
+    def release(self, size: int) -> None:
+        self.used -= size
 
 
 def retry_after(seconds: float) -> bytes:
@@ -75,4 +110,4 @@ def retry_after(seconds: float) -> bytes:
     return str(max(1, math.ceil(seconds))).encode()
 
 
-__all__ = ["GatewayOptions", "RateLimiter", "TokenBucket", "retry_after"]
+__all__ = ["ByteBudget", "GatewayOptions", "RateLimiter", "TokenBucket", "retry_after"]

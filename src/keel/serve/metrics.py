@@ -37,9 +37,12 @@ class Metrics:
                                 registry=self.registry)
         self.rejected = Counter("keel_events_rejected", "requests refused as invalid, by stream", ["stream"],
                                 registry=self.registry)
-        self.refused = Counter("keel_http_refused", "requests refused before any work: shed (503), rate limited "
-                               "(429), unauthenticated (401), forbidden (403), too large (413)", ["reason"],
-                               registry=self.registry)
+        self.refused = Counter("keel_http_refused", "requests refused: shed (503: over concurrency `shed`, waited "
+                               "too long `queue`, over the memory budget `memory`), rate limited (429), "
+                               "unauthenticated (401), forbidden (403), too large (413), body too slow (408, "
+                               "`slow_client`)", ["reason"], registry=self.registry)
+        self.queued = Histogram("keel_http_queue_seconds", "time requests waited between arrival and service "
+                                "(those served; longer ones are shed)", registry=self.registry, buckets=_BUCKETS)
         self.fallbacks = Counter("keel_endpoint_fallbacks", "endpoint answers served by the declared fallback",
                                  ["endpoint"], registry=self.registry)
         self.registry.register(_Breakers(breaker_states))
