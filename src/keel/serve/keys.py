@@ -20,6 +20,7 @@ another process takes effect within ``reload_every`` seconds) without re-reading
 from __future__ import annotations
 
 import base64
+import fcntl
 import fnmatch
 import hashlib
 import hmac
@@ -29,6 +30,8 @@ import re
 import secrets
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -102,8 +105,23 @@ def load_keys(path: Path) -> list[KeyRecord]:
                           "create the keys again with `keel keys create`") from exc
 
 
-def _save(path: Path, records: list[KeyRecord]) -> None:
+@contextmanager
+def _locked(path: Path) -> Iterator[list[KeyRecord]]:
+    """The key file's records, held under an exclusive lock on ``keys.json.lock`` beside it for a
+    read-modify-write: without it, two processes (``keel keys create`` and ``revoke``) each rewrite the
+    file from their own copy, and the later one drops the other's new key or brings a revoked one back.
+    (The file itself is replaced atomically, so readers need no lock.)"""
     path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path.with_name(path.name + ".lock"), os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield load_keys(path)
+    finally:
+        os.close(fd)  # closing releases the lock
+
+
+def _save(path: Path, records: list[KeyRecord]) -> None:
+    """Replace the key file atomically and durably: temp file, fsync, rename, fsync of the directory."""
     data = json.dumps({"keys": [asdict(r) for r in records]}, indent=2).encode()
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".keys-", suffix=".tmp")
     try:
@@ -130,16 +148,17 @@ def create_key(state_dir: Path, name: str, scopes: list[str], rate: float | None
         raise ConfigError("a key needs at least one --scope (e.g. read:trending, ingest:page_views, admin)")
     if rate is not None and not rate > 0:
         raise ConfigError(f"--rate must be a positive number of requests per second, got {rate}")
+    checked = tuple(check_scope(s) for s in scopes)
     path = keys_path(state_dir)
-    records = load_keys(path)
-    taken = {r.id for r in records}
-    key_id = secrets.token_hex(4)
-    while key_id in taken:
+    with _locked(path) as records:
+        taken = {r.id for r in records}
         key_id = secrets.token_hex(4)
-    secret = base64.urlsafe_b64encode(secrets.token_bytes(32)).rstrip(b"=").decode()
-    record = KeyRecord(id=key_id, name=name, scopes=tuple(check_scope(s) for s in scopes),
-                       secret_sha256=_hash(secret), created=_now(), rate=rate)
-    _save(path, [*records, record])
+        while key_id in taken:
+            key_id = secrets.token_hex(4)
+        secret = base64.urlsafe_b64encode(secrets.token_bytes(32)).rstrip(b"=").decode()
+        record = KeyRecord(id=key_id, name=name, scopes=checked, secret_sha256=_hash(secret), created=_now(),
+                           rate=rate)
+        _save(path, [*records, record])
     return record, f"keel_{key_id}_{secret}"
 
 
@@ -150,15 +169,15 @@ def list_keys(state_dir: Path) -> list[KeyRecord]:
 def revoke_key(state_dir: Path, id_or_name: str) -> KeyRecord:
     """Revoke the live key with this id or name; the gateway refuses it from its next reload."""
     path = keys_path(state_dir)
-    records = load_keys(path)
-    hits = [r for r in records if r.revoked is None and id_or_name in (r.id, r.name)]
-    if not hits:
-        raise NotFoundError(f"no live key with id or name {id_or_name!r}; `keel keys list` shows them")
-    if len(hits) > 1:
-        raise ConfigError(f"{len(hits)} live keys are named {id_or_name!r}; revoke one by its id: "
-                          + ", ".join(r.id for r in hits))
-    revoked = KeyRecord(**{**asdict(hits[0]), "scopes": hits[0].scopes, "revoked": _now()})
-    _save(path, [revoked if r.id == revoked.id else r for r in records])
+    with _locked(path) as records:
+        hits = [r for r in records if r.revoked is None and id_or_name in (r.id, r.name)]
+        if not hits:
+            raise NotFoundError(f"no live key with id or name {id_or_name!r}; `keel keys list` shows them")
+        if len(hits) > 1:
+            raise ConfigError(f"{len(hits)} live keys are named {id_or_name!r}; revoke one by its id: "
+                              + ", ".join(r.id for r in hits))
+        revoked = KeyRecord(**{**asdict(hits[0]), "scopes": hits[0].scopes, "revoked": _now()})
+        _save(path, [revoked if r.id == revoked.id else r for r in records])
     return revoked
 
 
