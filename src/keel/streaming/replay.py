@@ -4,6 +4,11 @@ A replay runs the processor's own code over the stream's history, from a start (
 to every partition, or a time: the first record at or after it in each partition) up to the end
 offsets at the moment the replay begins, with a private consumer group and private state. Then:
 
+* **the end is checked, not guessed.** The replay reads every partition up to its end offset taken
+  at the start, however slowly the bus delivers; a partition that delivers nothing for
+  `stall_seconds` stops the replay with an error naming it and how far it got, before anything is
+  overwritten or moved. (A time start takes a partition whose last record is older than the time as
+  having nothing to replay: record timestamps are taken as non-decreasing within a partition.)
 * **lake tables are rebuilt whole, by overwrite.** The replayed rows are written to a scratch lake
   (a local folder in the project's state directory) and, once the replay has reached its end, each
   target table is replaced by them in one Delta commit (`Lake.overwrite`): readers see the old rows
@@ -22,6 +27,7 @@ processor still running would be fenced off and resume after the replay's end.
 from __future__ import annotations
 
 import shutil
+import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -33,7 +39,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from keel.declare import Aggregation, Processor, Table
-from keel.errors import KeelError, NotFoundError
+from keel.errors import BackendError, KeelError, NotFoundError
 from keel.lake import open_lake
 from keel.streaming.checkpoint import claim, release
 from keel.streaming.runner import Runner, is_stateful
@@ -57,9 +63,17 @@ def find_processor(runtime: Any, name: str) -> Processor | Aggregation:
     return found  # type: ignore[no-any-return]
 
 
+STALL_SECONDS = 60.0
+
+
 def replay(runtime: Any, processor: str | Processor | Aggregation, *, from_offset: int | None = None,
-           from_time: datetime | None = None, progress: Callable[[int], None] | None = None) -> ReplayResult:
-    """Rebuild `processor`'s outputs from the bus (see the module docstring). Give exactly one start."""
+           from_time: datetime | None = None, progress: Callable[[int], None] | None = None,
+           stall_seconds: float = STALL_SECONDS, clock: Callable[[], float] = time.monotonic) -> ReplayResult:
+    """Rebuild `processor`'s outputs from the bus (see the module docstring). Give exactly one start.
+
+    Raises ``BackendError``, having overwritten and moved nothing, if the bus stops delivering for
+    `stall_seconds` (measured with `clock`) before every partition reached its end offset.
+    """
     decl = find_processor(runtime, processor) if isinstance(processor, str) else processor
     if (from_offset is None) == (from_time is None):
         raise KeelError("replay needs one start: an offset (--from 0) or a time (--from 2024-05-01T00:00:00Z)")
@@ -81,32 +95,14 @@ def replay(runtime: Any, processor: str | Processor | Aggregation, *, from_offse
     runner = Runner(shadow, rt)
     group = f"{decl.name}__replay_{uuid.uuid4().hex[:6]}"
     runner.consumer = runtime.bus.consumer(decl.stream.name, group=group, partitions=sorted(end))
-    records = 0
     try:
         runner.engine.recover()
+        reader = _Reader(decl.name, runner.consumer, end, stall_seconds, clock)
         if from_time is not None:
-            runner.consumer.seek_time(int(from_time.timestamp() * 1000))
+            reader.start_at_time(int(from_time.timestamp() * 1000), earliest)
         else:
-            for p in end:
-                runner.consumer.seek(p, max(from_offset or 0, earliest[p]))
-        seen = {p: -1 for p in end}
-        idle = 0
-        while any(seen[p] < end[p] - 1 for p in end) and idle < 3:
-            batch = runner.consumer.poll(50_000, 0.5)
-            if batch.num_rows == 0:
-                idle += 1
-                continue
-            idle = 0
-            limit = pa.array([end.get(p, 0) for p in batch.column("partition").to_pylist()], pa.int64())
-            batch = batch.filter(pc.less(batch.column("offset"), limit))
-            if batch.num_rows == 0:
-                continue
-            for p, o in zip(batch.column("partition").to_pylist(), batch.column("offset").to_pylist()):
-                seen[p] = max(seen[p], o)
-            runner.engine.process(batch)
-            records += batch.num_rows
-            if progress is not None:
-                progress(records)
+            reader.start_at({p: max(from_offset or 0, earliest[p]) for p in end})
+        records = reader.read(runner.engine.process, progress)
         runner.flush()
         counts = {t.name: _swap_in(runtime.lake, rt.lake, t.name) for t in tables}
         _move_position(runtime, decl, end, rt.state_dir / shadow.name)
@@ -118,6 +114,75 @@ def replay(runtime: Any, processor: str | Processor | Aggregation, *, from_offse
         shutil.rmtree(scratch, ignore_errors=True)
         if claimed:
             release(runtime.state_dir, decl.name)
+
+
+class _Reader:
+    """Reads a replay's stream up to the end offsets taken at its start, or refuses (see the module)."""
+
+    def __init__(self, processor: str, consumer: Any, end: dict[int, int], stall_seconds: float,
+                 clock: Callable[[], float]) -> None:
+        self.processor, self.consumer, self.end = processor, consumer, end
+        self.stall_seconds, self.clock = stall_seconds, clock
+        self.seen = {p: -1 for p in end}  # the highest offset below the end each partition delivered
+
+    def start_at(self, offsets: dict[int, int]) -> None:
+        for p, o in offsets.items():
+            self.consumer.seek(p, o)
+            self.seen[p] = o - 1
+
+    def start_at_time(self, timestamp_ms: int, earliest: dict[int, int]) -> None:
+        # a partition whose last record is older than the start has nothing to replay
+        last = self._last_records({p for p in self.end if self.end[p] > earliest[p]})
+        for p in self.end:
+            self.seen[p] = self.end[p] - 1 if p not in last or last[p] < timestamp_ms else earliest[p] - 1
+        self.consumer.seek_time(timestamp_ms)
+
+    def _last_records(self, partitions: set[int]) -> dict[int, int]:
+        """partition -> timestamp (ms) of its record at end - 1."""
+        for p in partitions:
+            self.consumer.seek(p, self.end[p] - 1)
+        found: dict[int, int] = {}
+        self._poll_until(lambda: partitions <= set(found), lambda batch: found.update(
+            (p, ts) for p, o, ts in zip(batch.column("partition").to_pylist(), batch.column("offset").to_pylist(),
+                                        batch.column("timestamp").cast(pa.int64()).to_pylist())
+            if o == self.end[p] - 1), None)
+        return found
+
+    def read(self, process: Callable[[pa.RecordBatch], Any], progress: Callable[[int], None] | None) -> int:
+        records = 0
+
+        def take(batch: pa.RecordBatch) -> None:
+            nonlocal records
+            parts = batch.column("partition")
+            tops = pa.table({"p": parts, "o": batch.column("offset")}).group_by("p").aggregate([("o", "max")])
+            for p, top in zip(tops.column("p").to_pylist(), tops.column("o_max").to_pylist()):
+                # past its end (records produced since the start) means the partition is done, gaps or not
+                self.seen[p] = max(self.seen[p], min(top, self.end[p] - 1))
+            limit = pa.array([self.end.get(p, 0) for p in parts.to_pylist()], pa.int64())
+            batch = batch.filter(pc.less(batch.column("offset"), limit))
+            if batch.num_rows:
+                process(batch)
+                records += batch.num_rows
+                if progress is not None:
+                    progress(records)
+
+        self._poll_until(lambda: all(self.seen[p] >= self.end[p] - 1 for p in self.end), take, "replay")
+        return records
+
+    def _poll_until(self, done: Callable[[], bool], take: Callable[[pa.RecordBatch], None], what: str | None) -> None:
+        moved = self.clock()
+        while not done():
+            batch = self.consumer.poll(50_000, 0.5)
+            if batch.num_rows:
+                moved = self.clock()
+                take(batch)
+            elif self.clock() - moved >= self.stall_seconds:
+                behind = ", ".join(f"partition {p} at offset {self.seen[p] + 1} of {self.end[p]}"
+                                   for p in sorted(self.end) if self.seen[p] < self.end[p] - 1)
+                raise BackendError(
+                    f"replay of {self.processor} stopped: the bus delivered nothing for {self.stall_seconds:.0f} s "
+                    f"before the end offsets taken at the start ({behind or 'probing the last records'}); "
+                    f"nothing was overwritten: check the bus, then run the replay again")
 
 
 def _swap_in(lake: Any, scratch: Any, table: str) -> int:
