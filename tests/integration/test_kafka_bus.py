@@ -21,9 +21,8 @@ from keel.bus.base import (
     TIMESTAMP_TYPE,
     StreamConfig,
     dlq_name,
-    partition_for,
 )
-from keel.bus.kafka import KafkaBus, KafkaDurabilityWarning
+from keel.bus.kafka import KafkaBus, KafkaDurabilityWarning, kafka_partitions
 from keel.errors import BackendError, ConflictError, NotFoundError, SchemaError
 from tests.harness import kafka as harness
 from tests.harness.kafka import KafkaBroker, KafkaUnavailable
@@ -62,7 +61,7 @@ def test_each_record_is_a_plain_kafka_message(bus: KafkaBus, kafka_broker: Kafka
         "headers": pa.array([[("event_id", b"e%d" % i), ("schema_version", b"1")] for i in range(4)], HEADERS_TYPE),
     })
     produced = bus.produce("orders", batch)
-    assert produced.partitions.tolist() == partition_for(pa.array(keys), 3).tolist()
+    assert produced.partitions.tolist() == kafka_partitions(pa.array(keys), 3).tolist()
 
     messages = _raw_read(kafka_broker.bootstrap, bus.topic("orders"), 3, 4)
     by_value = {m.value(): m for m in messages}

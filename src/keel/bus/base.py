@@ -133,7 +133,9 @@ class Bus(Protocol):
     * ``produce`` returns only once every record of the batch is durable (``file://``: fsync'd;
       Kafka: acknowledged by all in-sync replicas). If it raises, the caller must assume none of
       the batch was acknowledged; the engine never acknowledges later what it failed to make durable.
-      Records with a key go to ``partition_for(key)``; keyless records are spread round-robin.
+      Records with one key always go to one partition: ``partition_for(key)`` on ``file://``,
+      the Java clients' murmur2 on Kafka (``keel.bus.kafka.kafka_partitions``); keyless records
+      are spread round-robin.
     * ``create_stream`` is idempotent for an identical config and raises ``ConflictError`` when a
       stream of that name exists with a different partition count.
     * Every stream ``s`` has a dead-letter stream ``dlq_name(s)`` with one partition, created with it.
@@ -157,7 +159,8 @@ class Bus(Protocol):
 
 
 def partition_for(keys: pa.Array | pa.ChunkedArray, partitions: int, start: int = 0) -> np.ndarray:
-    """The partition of each key: crc32(key) mod `partitions`, the same on every engine.
+    """The partition of each key on the ``file://`` bus: crc32(key) mod `partitions` (Kafka places
+    keys as the Java clients do instead: ``keel.bus.kafka.kafka_partitions``).
 
     Null keys are spread round-robin beginning at `start`. Vectorized: the CRC runs over all keys
     at once, one numpy step per byte position (keys are short), never one Python step per record.

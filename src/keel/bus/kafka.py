@@ -7,6 +7,10 @@ bytes, the ``headers`` map as Kafka headers and the record timestamp as the mess
 "now" to librdkafka, and timestamps before 1970 or beyond the topic's
 ``message.timestamp.after.max.ms`` (1 hour by default) are refused with ``SchemaError``.
 
+Keys are placed as the Java clients place them (``murmur2``, see ``_kafka_partitioner``), so a key
+keeps one partition whether keel, a Java producer or Kafka Streams writes it; keyless records go
+round-robin. keel computes each record's partition itself and passes it to librdkafka.
+
 Durability: the producer is idempotent with ``acks=all``; ``produce`` returns only after every
 message of the batch has its delivery report, and raises ``BackendError`` (acknowledging nothing)
 if any report is an error. How durable "all" is depends on the topic's replication factor and
@@ -37,6 +41,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from keel.bus._kafka_consumer import KafkaConsumer, translate
+from keel.bus._kafka_partitioner import kafka_partitions, murmur2
 from keel.bus._kafka_producer import Sender
 from keel.bus.base import (
     PartitionInfo,
@@ -45,7 +50,6 @@ from keel.bus.base import (
     StreamInfo,
     conform_produce,
     dlq_name,
-    partition_for,
 )
 from keel.engines import require
 from keel.errors import (
@@ -55,6 +59,8 @@ from keel.errors import (
     NotFoundError,
     SchemaError,
 )
+
+__all__ = ["KafkaBus", "KafkaDurabilityWarning", "kafka_partitions", "murmur2", "open_kafka_bus"]
 
 log = logging.getLogger("keel.bus.kafka")
 
@@ -320,7 +326,7 @@ class KafkaBus:
         with self._round_robin_lock:
             start = self._round_robin.get(stream, 0)
             self._round_robin[stream] = start + keys.null_count
-        partitions = partition_for(keys, count, start)
+        partitions = kafka_partitions(keys, count, start)
         if n == 0:
             return Produced(partitions, np.empty(0, dtype=np.int64))
         if "timestamp" in batch.column_names and batch.column("timestamp").null_count < n:
