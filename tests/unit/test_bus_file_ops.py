@@ -5,7 +5,6 @@ from __future__ import annotations
 import itertools
 import json
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,6 +13,8 @@ import pytest
 
 from keel.bus import Bus, StreamConfig, dlq_name, open_bus, ops
 from keel.bus.base import HEADERS_TYPE
+
+BOUND = 60.0  # seconds a test waits for what must happen at once (never reached when the code works)
 
 
 @pytest.fixture
@@ -79,8 +80,20 @@ def test_tail_follow_yields_new_records(bus: Bus) -> None:
     bus.produce("views", events(1))
     stream = ops.tail(bus, "views", last=5, follow=True, poll_timeout=0.05)
     assert next(stream)["value"] == {"i": 0}
-    threading.Timer(0.2, lambda: bus.produce("views", events(1, start=1))).start()
-    assert next(stream)["value"] == {"i": 1}
+    followed: list[object] = []
+    waiting = threading.Event()
+
+    def follow() -> None:
+        waiting.set()
+        followed.append(next(stream, None))  # without follow, tail would have ended: None
+
+    follower = threading.Thread(target=follow, daemon=True)
+    follower.start()
+    waiting.wait()
+    bus.produce("views", events(1, start=1))
+    follower.join(BOUND)
+    assert not follower.is_alive(), "tail --follow did not yield a record produced while it waited"
+    assert [r["value"] for r in followed] == [{"i": 1}]  # type: ignore[index]
     stream.close()
 
 
@@ -127,6 +140,11 @@ def test_decode_keeps_undecodable_bytes() -> None:
 
 
 def test_tail_of_an_empty_stream_ends(bus: Bus) -> None:
-    started = time.monotonic()
-    assert list(itertools.islice(ops.tail(bus, "views"), 5)) == []
-    assert time.monotonic() - started < 20  # it ended because nothing existed, not on give_up_after
+    got: list[list[dict[str, object]]] = []
+    # give_up_after=inf: if tail ends, it ended because nothing existed, not because it gave up
+    reader = threading.Thread(target=lambda: got.append(list(itertools.islice(
+        ops.tail(bus, "views", give_up_after=float("inf")), 5))), daemon=True)
+    reader.start()
+    reader.join(BOUND)
+    assert not reader.is_alive(), "tail of an empty stream waited for records instead of ending"
+    assert got == [[]]
