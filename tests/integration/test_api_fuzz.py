@@ -33,7 +33,7 @@ def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     rt = Runtime.open(root)
     rt.ensure()
     rt.views.put("trending", [("_top", {"items": [{"item_id": "a"}]})])
-    _, KEY["value"] = create_key(rt.state_dir, "fuzzer", ["*"])
+    _, KEY["value"] = create_key(rt.state_dir, "fuzzer", ["*", "ingest:exposures"])  # all routes
     yield build_app(rt, replace(gateway_options(rt), anonymous_loopback=False))
     rt.close()
 

@@ -61,6 +61,13 @@ def test_scopes_and_wildcards() -> None:
     assert not scope_allows(("call:recommend",), "admin")
 
 
+def test_no_wildcard_grants_writing_a_built_in_stream() -> None:
+    for wildcard in ("*", "ingest:*", "ingest:exp*", "ingest:exposure?", "ingest:[e]xposures"):
+        assert not scope_allows((wildcard,), "ingest:exposures"), wildcard
+    assert scope_allows(("read:*", "ingest:exposures"), "ingest:exposures")
+    assert scope_allows(("*",), "read:exposures") and scope_allows(("ingest:*",), "ingest:exposures_archive")
+
+
 def test_bad_scopes_and_rates_are_refused(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="bad scope"):
         create_key(tmp_path, "x", ["write:everything"])

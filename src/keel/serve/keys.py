@@ -11,7 +11,11 @@ Scopes grant one action on one object, with ``*`` wildcards (fnmatch):
     read:<view>       GET /v1/views/<view>/<key>, POST /v1/views/<view>
     call:<endpoint>   a declared endpoint, by name
     admin             /metrics (and whatever needs an operator)
-    *                 everything
+    *                 everything, except writing keel's built-in streams
+
+keel's built-in streams (``exposures``) are written by keel itself: a wildcard never grants them,
+so a client key cannot forge experiment exposures. Only a scope that names one exactly
+(``ingest:exposures``) does.
 
 The gateway reads the file through a `KeyRing`, which notices changes (``keel keys revoke`` from
 another process takes effect within ``reload_every`` seconds) without re-reading on every request.
@@ -37,9 +41,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from keel.errors import ConfigError, NotFoundError
+from keel.experiments.exposures import EXPOSURES
 
 KEYS_FILE = "keys.json"
 _SCOPE = re.compile(r"^(admin|\*|(ingest|read|call):[a-z0-9_*?.\-]+)$")
+# scopes a wildcard never grants: writing a stream keel writes itself
+_BUILT_IN = frozenset({f"ingest:{EXPOSURES}"})
 _TOKEN = re.compile(r"^keel_([0-9a-f]{8})_([A-Za-z0-9_\-]{43})$")
 
 
@@ -80,6 +87,9 @@ LOCAL_DEVELOPER = Principal("local developer (loopback, no key)", ("*",))
 
 
 def scope_allows(scopes: tuple[str, ...] | list[str], needed: str) -> bool:
+    """True when a scope grants ``needed``: equal to it, or a wildcard matching it (never a built-in stream)."""
+    if needed in _BUILT_IN:
+        return needed in scopes
     return any(s == "*" or s == needed or fnmatch.fnmatchcase(needed, s) for s in scopes)
 
 
