@@ -1,6 +1,15 @@
 """The `keel` command: parse, call the library, print. No logic of its own.
 
-A user mistake (KeelError) is printed as one clear message with exit code 1, never a traceback.
+Exit codes, as click and most Unix tools use them (docs/guide.md, Commands):
+
+* 0: done (a read command on something not created yet says so, and is done);
+* 1: keel could not do it. A KeelError is printed as one line naming the problem and the fix,
+  never a traceback; anything else is a bug in keel: one line saying so, and the traceback only
+  with `keel --debug ...` or KEEL_DEBUG=1;
+* 2: the command line is wrong (unknown command or option, a bad value, a missing argument).
+
+Read commands (status, streams, tail, dlq show, tables, sql, experiments report, keys list) never
+create anything: see `keel.monitor.status`.
 """
 
 from __future__ import annotations
@@ -9,29 +18,34 @@ import json
 import signal
 import sys
 import threading
+import traceback
+from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Any, TypeVar
 
-import typer
+import click
 from rich.console import Console
-from rich.table import Table as RichTable
+from rich.text import Text
 
-from keel.errors import KeelError, ProjectError
+from keel._console import print_rows
+from keel.errors import KeelError, NotFoundError, ProjectError
 
-app = typer.Typer(help="keel: the data platform of a data-driven product.", no_args_is_help=True,
-                  pretty_exceptions_enable=False, add_completion=False)
-experiments_app = typer.Typer(help="A/B experiments.", no_args_is_help=True)
-app.add_typer(experiments_app, name="experiments")
-lake_app = typer.Typer(help="Lake table maintenance.", no_args_is_help=True)
-app.add_typer(lake_app, name="lake")
-keys_app = typer.Typer(help="API keys of the gateway (stored hashed in the project's state folder).", no_args_is_help=True)
-app.add_typer(keys_app, name="keys")
+__all__ = ["app", "main", "print_rows"]
+
 out = Console()
 err = Console(stderr=True)
+_debug = False
+F = TypeVar("F", bound=Callable[..., Any])
+CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
-ProjectOpt = Annotated[Path, typer.Option("--project", "-p", help="the project folder (holding keel.toml)")]
-ProfileOpt = Annotated[str | None, typer.Option("--profile", help="the keel.toml profile (default: local or KEEL_PROFILE)")]
+
+def project_options(command: F) -> F:
+    """-p/--project and --profile, on every command that reads a project."""
+    command = click.option("--profile", metavar="NAME",
+                           help="The keel.toml profile (default: local, or KEEL_PROFILE).")(command)
+    return click.option("--project", "-p", type=click.Path(path_type=Path), default=Path("."), metavar="DIR",
+                        show_default=True, help="The project folder (holding keel.toml).")(command)
 
 
 def _runtime(project: Path, profile: str | None) -> Any:
@@ -40,34 +54,50 @@ def _runtime(project: Path, profile: str | None) -> Any:
     return Runtime.open(project, profile)
 
 
-def print_rows(rows: list[dict[str, Any]], title: str | None = None, console: Console | None = None) -> None:
-    console = console or out
-    if not rows:
-        console.print(f"[dim]no {title or 'rows'}[/dim]")
-        return
-    table = RichTable(title=title)
-    for col in rows[0]:
-        table.add_column(str(col))
-    for r in rows:
-        table.add_row(*["" if v is None else str(v) for v in r.values()])
-    console.print(table)
+def _iso_time(ctx: click.Context | None, param: click.Parameter | None, value: str | None) -> datetime | None:
+    """An option's ISO 8601 time, in UTC; a usage error (exit 2) if it is not one."""
+    if value is None:
+        return None
+    try:
+        return datetime.fromisoformat(value.replace("Z", "+00:00")).astimezone(timezone.utc)
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not an ISO 8601 time (e.g. 2026-12-01 or 2026-12-01T10:00:00Z)",
+                                 ctx, param) from None
+
+
+def _not_created(what: str) -> None:
+    out.print(f"{what} is not created yet (`keel up` creates it)", highlight=False)
+
+
+@click.group(context_settings=CONTEXT)
+@click.option("--debug", is_flag=True, envvar="KEEL_DEBUG",
+              help="On an unexpected error, print the traceback (also KEEL_DEBUG=1).")
+def app(debug: bool) -> None:
+    """keel: the data platform of a data-driven product."""
+    global _debug
+    _debug = debug
 
 
 @app.command()
-def init(directory: Annotated[Path, typer.Argument(help="folder to create")],
-         example: Annotated[str, typer.Option(help="the example to start from")] = "shop") -> None:
-    """Create a new keel project from an example."""
+@click.argument("directory", type=click.Path(path_type=Path), metavar="DIR")
+@click.option("--example", default="shop", show_default=True, metavar="NAME", help="The example to start from.")
+def init(directory: Path, example: str) -> None:
+    """Create a new keel project in DIR from an example."""
     from keel.project import copy_example
 
     if directory.exists() and any(directory.iterdir()):
         raise KeelError(f"{directory} exists and is not empty; pick a new folder")
     copy_example(directory, example)
-    out.print(f"created {directory}; next: [bold]keel check -p {directory}[/bold] and [bold]keel up -p {directory}[/bold]")
+    out.print(f"created {directory}; next: [bold]keel check -p {directory}[/bold] and "
+              f"[bold]keel up -p {directory}[/bold]")
 
 
 @app.command()
-def check(project: ProjectOpt = Path("."), profile: ProfileOpt = None) -> None:
-    """Validate a project's declarations: each mistake once, with file and line."""
+@project_options
+def check(project: Path, profile: str | None) -> None:
+    """Validate a project's declarations.
+
+    Each mistake is reported once, with its file and line."""
     from keel.project import load_project
 
     p = load_project(project, profile)
@@ -76,9 +106,12 @@ def check(project: ProjectOpt = Path("."), profile: ProfileOpt = None) -> None:
 
 
 @app.command()
-def up(project: ProjectOpt = Path("."), profile: ProfileOpt = None,
-       port: Annotated[int | None, typer.Option(help="gateway port (default: from the profile, 8000)")] = None) -> None:
-    """Run the project's gateway, processors and scheduler until Ctrl-C or SIGTERM."""
+@project_options
+@click.option("--port", type=int, metavar="N", help="Gateway port (default: from the profile, 8000).")
+def up(project: Path, profile: str | None, port: int | None) -> None:
+    """Run the gateway, processors and scheduler.
+
+    Until Ctrl-C or SIGTERM, which stop them cleanly."""
     from keel.platform import Platform
 
     platform = Platform(_runtime(project, profile), port=port)
@@ -87,7 +120,7 @@ def up(project: ProjectOpt = Path("."), profile: ProfileOpt = None,
     signal.signal(signal.SIGINT, lambda *_: done.set())
     platform.start()
     out.print(f"keel is up: gateway on [bold]{platform.url}[/bold] (OpenAPI at {platform.url}/openapi.json)")
-    print_rows(platform.status(), "components")
+    print_rows(platform.status(), "components", out)
     while not done.wait(1.0):
         if platform.errors:
             break
@@ -99,11 +132,17 @@ def up(project: ProjectOpt = Path("."), profile: ProfileOpt = None,
 
 
 @app.command()
-def demo(directory: Annotated[Path | None, typer.Option("--dir", help="where to create the shop (default: a temp folder)")] = None,
-         users: Annotated[int, typer.Option(help="simulated users")] = 3000,
-         seed: Annotated[int, typer.Option(help="random seed of the simulation")] = 7,
-         aa: Annotated[bool, typer.Option("--aa", help="an A/A run: the treatment changes nothing")] = False) -> None:
-    """Create the shop, run it on embedded engines, simulate its users and print what the engines hold."""
+@click.option("--dir", "directory", type=click.Path(path_type=Path), metavar="DIR",
+              help="Where to create the shop (default: a temporary folder).")
+@click.option("--users", type=click.IntRange(min=1), default=3000, show_default=True, metavar="N",
+              help="Simulated users.")
+@click.option("--seed", type=int, default=7, show_default=True, metavar="N", help="Random seed of the simulation.")
+@click.option("--aa", is_flag=True, help="An A/A run: the treatment changes nothing.")
+def demo(directory: Path | None, users: int, seed: int, aa: bool) -> None:
+    """Run the shop example with simulated users.
+
+    On embedded engines, in a temporary folder (or --dir); the summary is read back from the
+    engines."""
     from keel.demo import run_demo
 
     summary = run_demo(directory, users=users, seed=seed, aa=aa, console=out)
@@ -112,209 +151,327 @@ def demo(directory: Annotated[Path | None, typer.Option("--dir", help="where to 
 
 
 @app.command()
-def status(project: ProjectOpt = Path("."), profile: ProfileOpt = None) -> None:
-    """Streams and their lag per processor, tables, views, job runs and checks."""
+@project_options
+def status(project: Path, profile: str | None) -> None:
+    """Streams, tables, views, job runs and checks.
+
+    Each stream with the lag of each processor that reads it."""
     from keel.monitor.status import project_status
 
     for title, rows in project_status(_runtime(project, profile)).items():
-        print_rows(rows, title)
+        print_rows(rows, title, out)
 
 
 @app.command()
-def sql(query: Annotated[str, typer.Argument(help="SQL over the lake's tables, by name")],
-        project: ProjectOpt = Path("."), profile: ProfileOpt = None,
-        format: Annotated[str, typer.Option(help="table, csv, json or parquet")] = "table",
-        output: Annotated[Path | None, typer.Option(help="file for --format parquet")] = None) -> None:
-    """Run SQL over the lake (DuckDB)."""
-    result = _runtime(project, profile).sql_session().query(query)
-    if format == "table":
-        print_rows(result.to_pylist()[:1000], "result")
-    elif format == "csv":
+@click.argument("query")
+@project_options
+@click.option("--format", "fmt", type=click.Choice(["table", "csv", "json", "parquet"]), default="table",
+              show_default=True, help="How to print the result.")
+@click.option("--limit", type=click.IntRange(min=0), default=1000, show_default=True, metavar="N",
+              help="Rows shown in the table format (0: all); csv, json and parquet have every row.")
+@click.option("--output", type=click.Path(path_type=Path), metavar="FILE", help="The file for --format parquet.")
+def sql(query: str, project: Path, profile: str | None, fmt: str, limit: int, output: Path | None) -> None:
+    """Run SQL QUERY over the lake's tables, by name (DuckDB)."""
+    from keel.monitor.status import created
+
+    if fmt == "parquet" and output is None:
+        raise click.UsageError("--format parquet needs --output FILE")
+    rt = _runtime(project, profile)
+    if not created(rt.config, "lake"):
+        raise NotFoundError(f"the lake at {rt.config.lake} is not created yet, so it has no tables to query: "
+                            "`keel up` creates it and lands the streams' events")
+    result = rt.sql_session().query(query)
+    if fmt == "table":
+        shown = result if limit == 0 else result.slice(0, limit)
+        print_rows(shown.to_pylist(), "result", out, empty="no rows")
+        if shown.num_rows < result.num_rows:
+            out.print(f"{shown.num_rows:,} of {result.num_rows:,} rows shown: --limit 0 shows them all, "
+                      "--format csv or json prints every row", highlight=False)
+    elif fmt == "csv":
         import pyarrow.csv as pacsv
 
         pacsv.write_csv(result, sys.stdout.buffer)
-    elif format == "json":
+    elif fmt == "json":
         sys.stdout.write(json.dumps(result.to_pylist(), default=str) + "\n")
-    elif format == "parquet":
-        if output is None:
-            raise KeelError("--format parquet needs --output FILE")
+    else:
         import pyarrow.parquet as pq
 
         pq.write_table(result, output)
-    else:
-        raise KeelError(f"unknown format {format!r}: use table, csv, json or parquet")
 
 
 @app.command()
-def tables(project: ProjectOpt = Path("."), profile: ProfileOpt = None) -> None:
+@project_options
+def tables(project: Path, profile: str | None) -> None:
     """The lake's tables: rows, size, files, last commit."""
     from keel.lake.sql import tables_summary
+    from keel.monitor.status import created
 
-    print_rows(tables_summary(_runtime(project, profile).lake), "tables")
+    rt = _runtime(project, profile)
+    if not created(rt.config, "lake"):
+        return _not_created(f"the lake at {rt.config.lake}")
+    shown = ("table", "rows", "size", "files", "version", "last_commit", "freshness")
+    rows = [{k: r[k] for k in shown if k in r} for r in tables_summary(rt.lake)]
+    print_rows(rows, "tables", out, empty="no tables yet: `keel up` lands the streams' events into them")
 
 
 @app.command()
-def run(job: Annotated[str, typer.Argument(help="the job to run")], project: ProjectOpt = Path("."),
-        profile: ProfileOpt = None,
-        date: Annotated[str | None, typer.Option(help="logical date, ISO 8601 (default: now)")] = None) -> None:
-    """Run one job now, through the scheduler (recorded in its run history)."""
+@click.argument("job")
+@project_options
+@click.option("--date", callback=_iso_time, metavar="ISO", help="Logical date, ISO 8601 (default: now).")
+def run(job: str, project: Path, profile: str | None, date: datetime | None) -> None:
+    """Run JOB now, through the scheduler.
+
+    The run is recorded in the scheduler's run history."""
     from keel.jobs.embedded import EmbeddedScheduler
     from keel.jobs.run import scheduler_tasks
 
     rt = _runtime(project, profile)
-    when = datetime.fromisoformat(date).astimezone(timezone.utc) if date else None
     with EmbeddedScheduler(rt.state_dir / "scheduler.db", scheduler_tasks(rt)) as scheduler:
-        result = scheduler.trigger(job, when)
-    print_rows([{"job": result.task, "state": result.state, "attempts": result.attempts, "error": result.error}])
+        result = scheduler.trigger(job, date)
+    print_rows([{"job": result.task, "state": result.state, "attempts": result.attempts, "error": result.error}],
+               console=out)
     if result.state != "success":
-        raise typer.Exit(1)
+        sys.exit(1)
 
 
 @app.command()
-def streams(project: ProjectOpt = Path("."), profile: ProfileOpt = None) -> None:
-    """Streams on the bus: records, lag of each consumer group, pending dead letters."""
-    from keel.bus.ops import list_streams
+@project_options
+def streams(project: Path, profile: str | None) -> None:
+    """Streams on the bus, with records, lag and dead letters.
 
-    rt = _runtime(project, profile)
-    rt.ensure()
-    print_rows([{"stream": s.name, "partitions": s.partitions, "records": s.records,
-                 "lag per group": ", ".join(f"{g}={n}" for g, n in s.lag.items()),
-                 "dead letters": s.dead_letters_pending} for s in list_streams(rt.bus)], "streams")
+    The lag of each consumer group, and the dead letters still pending."""
+    from keel.monitor.status import streams_overview
+
+    print_rows(streams_overview(_runtime(project, profile)), "streams", out)
 
 
 @app.command()
-def tail(stream: Annotated[str, typer.Argument(help="the stream")], project: ProjectOpt = Path("."),
-         profile: ProfileOpt = None,
-         last: Annotated[int, typer.Option(help="records to show per partition")] = 10,
-         follow: Annotated[bool, typer.Option("--follow", "-f", help="keep printing new records")] = False) -> None:
-    """Print a stream's latest records (decoded), and with --follow the new ones as they come."""
+@click.argument("stream")
+@project_options
+@click.option("--last", type=click.IntRange(min=0), default=10, show_default=True, metavar="N",
+              help="Records to show per partition.")
+@click.option("--follow", "-f", is_flag=True, help="Keep printing new records.")
+def tail(stream: str, project: Path, profile: str | None, last: int, follow: bool) -> None:
+    """Print STREAM's latest records, decoded.
+
+    With --follow, the new ones as they come."""
     from keel.bus.ops import tail as tail_records
+    from keel.monitor.status import stream_exists
 
     rt = _runtime(project, profile)
-    rt.stream(stream) if not stream.endswith(".dlq") else rt.stream(stream[:-4])
+    rt.stream(stream.removesuffix(".dlq"))
+    if not stream_exists(rt, stream):
+        return _not_created(f"stream {stream}")
+    printed = 0
     for record in tail_records(rt.bus, stream, last=last, follow=follow):
         out.print_json(json.dumps(record, default=str))
+        printed += 1
+    if not printed:
+        out.print(f"no records in {stream} yet", highlight=False)
 
 
 @app.command()
-def dlq(stream: Annotated[str, typer.Argument(help="the stream whose dead letters to handle")],
-        action: Annotated[str, typer.Argument(help="show, replay or purge")] = "show",
-        project: ProjectOpt = Path("."), profile: ProfileOpt = None,
-        limit: Annotated[int, typer.Option(help="at most this many records")] = 100) -> None:
-    """Dead letters of a stream: show them, replay them into the stream, or purge them."""
+@click.argument("stream")
+@click.argument("action", type=click.Choice(["show", "replay", "purge"]), default="show", metavar="[ACTION]")
+@project_options
+@click.option("--limit", type=click.IntRange(min=1), default=100, show_default=True, metavar="N",
+              help="At most this many dead letters.")
+def dlq(stream: str, action: str, project: Path, profile: str | None, limit: int) -> None:
+    """Dead letters of STREAM. ACTION is show (the default: each with where it came from and why),
+    replay (into STREAM, after the schema or the data is fixed) or purge."""
+    from keel.bus.base import dlq_name
     from keel.bus.ops import dlq_purge, dlq_replay, dlq_show
+    from keel.monitor.status import stream_exists
 
     rt = _runtime(project, profile)
     rt.stream(stream)
-    if action == "show":
-        for record in dlq_show(rt.bus, stream, limit=limit):
-            out.print_json(json.dumps(record, default=str))
+    dead = dlq_name(stream)
+    if not stream_exists(rt, dead):
+        out.print(f"no dead letters in {dead}: it is not created yet (`keel up` creates it)", highlight=False)
+    elif action == "show":
+        records = dlq_show(rt.bus, stream, limit=limit)
+        for record in records:
+            _print_dead_letter(dead, record)
+        if not records:
+            out.print(f"no dead letters in {dead}", highlight=False)
     elif action == "replay":
         out.print(f"replayed {dlq_replay(rt.bus, stream, limit=limit)} dead letter(s) into {stream}")
-    elif action == "purge":
-        out.print(f"purged {dlq_purge(rt.bus, stream)} dead letter(s) of {stream}")
     else:
-        raise KeelError(f"unknown action {action!r}: use show, replay or purge")
+        out.print(f"purged {dlq_purge(rt.bus, stream)} dead letter(s) of {stream}")
 
 
-@lake_app.command("maintain")
-def lake_maintain(tables: Annotated[list[str] | None, typer.Argument(help="tables (default: those that need it)")] = None,
-                  project: ProjectOpt = Path("."), profile: ProfileOpt = None,
-                  all_tables: Annotated[bool, typer.Option("--all", help="every table, needed or not")] = False) -> None:
-    """Compact small files, vacuum unreferenced ones (7-day retention guard) and checkpoint."""
+def _print_dead_letter(dead: str, record: dict[str, Any]) -> None:
+    headers = record.get("headers") or {}
+
+    def field(*names: str) -> Any:
+        return next((record[n] for n in names if record.get(n) is not None),
+                    next((headers[n] for n in names if headers.get(n) is not None), None))
+
+    where = f"{dead} offset {record.get('offset')}"
+    source = [f"{label} {v}" for label, v in (("partition", field("source_partition")),
+                                               ("offset", field("source_offset")),
+                                               ("processor", field("processor"))) if v is not None]
+    out.print(where + (": from " + ", ".join(source) if source else ""), style="bold", highlight=False)
+    out.print(f"  reason: {field('reason', 'error') or 'not recorded'}", highlight=False)
+    value = record.get("value")
+    if isinstance(value, (dict, list)):
+        out.print_json(json.dumps(value, default=str))
+    else:
+        out.print(f"  value: {value!r}", highlight=False)
+
+
+@app.group(context_settings=CONTEXT)
+def lake() -> None:
+    """Lake table maintenance."""
+
+
+@lake.command("maintain")
+@click.argument("names", nargs=-1, metavar="[TABLE]...")
+@project_options
+@click.option("--all", "all_tables", is_flag=True, help="Every table, needed or not.")
+def lake_maintain(names: tuple[str, ...], project: Path, profile: str | None, all_tables: bool) -> None:
+    """Compact, vacuum and checkpoint lake tables.
+
+    Compacts small files, vacuums unreferenced ones (7-day retention guard) and writes a
+    checkpoint. Without TABLE, the tables that need it."""
     from keel.lake.maintain import maintain, needs_maintenance
 
-    lake = _runtime(project, profile).lake
-    names = tables or [t for t in lake.list_tables() if all_tables or needs_maintenance(lake.describe(t))]
-    if not names:
+    lake_ = _runtime(project, profile).lake
+    chosen = list(names) or [t for t in lake_.list_tables() if all_tables or needs_maintenance(lake_.describe(t))]
+    if not chosen:
         out.print("no table needs maintenance (use --all to force)")
+        return
     shown = ("table", "files_before", "files_after", "files_vacuumed", "checkpoint_version", "seconds")
-    rows = [maintain(lake, name) for name in names]
-    print_rows([{k: r[k] for k in shown} for r in rows], "maintenance")
+    rows = [maintain(lake_, name) for name in chosen]
+    print_rows([{k: r[k] for k in shown} for r in rows], "maintenance", out)
 
 
 @app.command()
-def replay(processor: Annotated[str, typer.Argument(help="the processor or aggregation to rebuild")],
-           start: Annotated[str, typer.Option("--from", help="an offset (every partition) or an ISO 8601 time")],
-           project: ProjectOpt = Path("."), profile: ProfileOpt = None) -> None:
-    """Rebuild a processor's tables and views from the bus history (stop the processor first)."""
+@click.argument("processor")
+@click.option("--from", "start", required=True, metavar="OFFSET|TIME",
+              help="An offset (every partition) or an ISO 8601 time.")
+@project_options
+def replay(processor: str, start: str, project: Path, profile: str | None) -> None:
+    """Rebuild PROCESSOR's tables and views from the bus.
+
+    Stop the processor first."""
     from keel.streaming.replay import replay as run_replay
 
+    ctx = click.get_current_context()
+    when = None if start.isdigit() else _iso_time(ctx, next(p for p in ctx.command.params if p.name == "start"), start)
     rt = _runtime(project, profile)
-    when = None if start.isdigit() else datetime.fromisoformat(start.replace("Z", "+00:00"))
-    with out.status(f"replaying {processor} ...") as status:
+    with out.status(f"replaying {processor} ...") as progress:
         result = run_replay(rt, processor, from_offset=int(start) if start.isdigit() else None, from_time=when,
-                            progress=lambda n: status.update(f"replaying {processor}: {n:,} records"))
+                            progress=lambda n: progress.update(f"replaying {processor}: {n:,} records"))
     print_rows([{"processor": result.processor, "records": result.records,
                  "tables": ", ".join(f"{k}={v} rows" for k, v in result.tables.items()) or "-",
-                 "resumes at": ", ".join(f"p{p}:{o}" for p, o in sorted(result.end_offsets.items()))}], "replay")
+                 "resumes at": ", ".join(f"p{p}:{o}" for p, o in sorted(result.end_offsets.items()))}], "replay", out)
 
 
-@experiments_app.command("report")
-def experiments_report(name: Annotated[str, typer.Argument(help="the experiment")], project: ProjectOpt = Path("."),
-                       profile: ProfileOpt = None) -> None:
-    """Analyse an experiment from the lake: lift, confidence interval, p-value, sample-ratio check."""
+@app.group(context_settings=CONTEXT)
+def experiments() -> None:
+    """A/B experiments."""
+
+
+@experiments.command("report")
+@click.argument("name")
+@project_options
+def experiments_report(name: str, project: Path, profile: str | None) -> None:
+    """Analyse experiment NAME from the lake.
+
+    Lift, confidence interval, p-value and sample-ratio check."""
+    from keel.experiments.exposures import EXPOSURES
     from keel.experiments.report import experiment_report
+    from keel.monitor.status import created
 
-    for metric, result in experiment_report(_runtime(project, profile), name).items():
+    rt = _runtime(project, profile)
+    if name in rt.catalog.experiments and not (created(rt.config, "lake") and EXPOSURES in rt.lake.list_tables()):
+        out.print(f"no exposures of {name} yet: the {EXPOSURES} table is not created yet "
+                  "(`keel up` serves the experiment's endpoints and lands each exposure)", highlight=False)
+        return
+    for metric, result in experiment_report(rt, name).items():
         out.print(f"[bold]{name} / {metric}[/bold]")
         for line in result.summary_lines():
             out.print("  " + line)
 
 
+@app.group(context_settings=CONTEXT)
+def keys() -> None:
+    """API keys of the gateway.
+
+    Only their hashes are stored, in the project's state folder."""
+
+
 def _state_dir(project: Path, profile: str | None) -> Path:
     from keel.config import file_path, load_config
 
-    path = file_path(load_config(project, profile).state)
-    path.mkdir(parents=True, exist_ok=True)
-    return path
+    return file_path(load_config(project, profile).state)
 
 
-@keys_app.command("create")
-def keys_create(name: Annotated[str, typer.Argument(help="who or what the key is for")],
-                scope: Annotated[list[str], typer.Option("--scope", "-s", help="ingest:<stream>, read:<view>, "
-                                 "call:<endpoint>, admin or *; wildcards allowed (read:*); repeat for several")],
-                rate: Annotated[float | None, typer.Option(help="requests per second (default: the gateway's, 1000)")] = None,
-                project: ProjectOpt = Path("."), profile: ProfileOpt = None) -> None:
-    """Create an API key; it is printed once and only its hash is stored."""
+@keys.command("create")
+@click.argument("name")
+@click.option("--scope", "-s", "scopes", multiple=True, required=True, metavar="SCOPE",
+              help="ingest:<stream>, read:<view>, call:<endpoint>, admin or *; wildcards allowed (read:*); "
+                   "repeat for several.")
+@click.option("--rate", type=float, metavar="N", help="Requests per second (default: the gateway's, 1000).")
+@project_options
+def keys_create(name: str, scopes: tuple[str, ...], rate: float | None, project: Path, profile: str | None) -> None:
+    """Create an API key for NAME.
+
+    It is printed once; only its hash is stored."""
     from keel.serve.keys import create_key
 
-    record, key = create_key(_state_dir(project, profile), name, scope, rate)
+    record, key = create_key(_state_dir(project, profile), name, list(scopes), rate)
     err.print(f"created key {record.id} ({record.name}) with scopes {', '.join(record.scopes)}; "
-              "store it now, it is not shown again:")
+              "store it now, it is not shown again:", highlight=False)
     print(key)
 
 
-@keys_app.command("list")
-def keys_list(project: ProjectOpt = Path("."), profile: ProfileOpt = None) -> None:
-    """The keys: id, name, scopes, rate, created, revoked (never the keys themselves)."""
+@keys.command("list")
+@project_options
+def keys_list(project: Path, profile: str | None) -> None:
+    """The keys: id, name, scopes, rate, created, revoked.
+
+    Never the keys themselves."""
     from keel.serve.keys import list_keys
 
     print_rows([{"id": r.id, "name": r.name, "scopes": " ".join(r.scopes), "rate": r.rate or "default",
                  "created": r.created, "revoked": r.revoked or ""} for r in list_keys(_state_dir(project, profile))],
-               "keys")
+               "keys", out, empty="no keys yet: create one with `keel keys create NAME --scope SCOPE`")
 
 
-@keys_app.command("revoke")
-def keys_revoke(key: Annotated[str, typer.Argument(help="the key's id or name")],
-                project: ProjectOpt = Path("."), profile: ProfileOpt = None) -> None:
-    """Revoke a key; a running gateway refuses it within a second."""
+@keys.command("revoke")
+@click.argument("key")
+@project_options
+def keys_revoke(key: str, project: Path, profile: str | None) -> None:
+    """Revoke KEY, by its id or name.
+
+    A running gateway refuses it within a second."""
     from keel.serve.keys import revoke_key
 
     record = revoke_key(_state_dir(project, profile), key)
     out.print(f"revoked key {record.id} ({record.name})")
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
+    """The `keel` entry point: runs `app` and turns what it raises into a message and an exit code."""
     try:
-        app()
+        app.main(args=argv, prog_name="keel")
     except ProjectError as exc:
         err.print(f"[red]the project has {len(exc.problems)} problem(s):[/red]")
         for p in exc.problems:
-            err.print(f"  {p}", markup=False, highlight=False)
+            err.print(Text(f"  {p}"), soft_wrap=True)
         sys.exit(1)
     except KeelError as exc:
-        err.print(f"[red]error:[/red] {exc}", highlight=False)
+        err.print(Text.assemble(("error: ", "red"), str(exc)), soft_wrap=True)
+        sys.exit(1)
+    except Exception as exc:  # noqa: BLE001 - the last resort: a bug, said as one
+        if _debug:
+            traceback.print_exc()
+        err.print(Text.assemble(("error: ", "red"), f"{type(exc).__name__}: {exc}"), soft_wrap=True)
+        err.print("this is a bug in keel, please report it"
+                  + ("" if _debug else " with the traceback that `keel --debug ...` (or KEEL_DEBUG=1) prints"),
+                  highlight=False, soft_wrap=True)
         sys.exit(1)
 
 

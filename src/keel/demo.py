@@ -226,7 +226,7 @@ def read_summary(rt: Runtime, platform: Platform, metrics_text: str) -> Summary:
 
 
 def print_summary(s: Summary, console: Console, seconds: float) -> None:
-    from keel.cli import print_rows
+    from keel._console import print_rows
 
     console.rule("[bold]summary[/bold] (read back from the engines)")
     print_rows([{"stream": k, "events acknowledged": v} for k, v in s.acknowledged.items()], "bus", console)

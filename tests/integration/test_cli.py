@@ -1,5 +1,6 @@
-"""The `keel` command on a real project: operator commands work, and user mistakes get one clear
-message (what is wrong and what to do), exit code 1, and no traceback."""
+"""The `keel` command on a real project: operator commands work, user mistakes get one clear
+message (what is wrong and what to do), exit code 1, and no traceback; a bug says it is one, with
+its traceback only when asked (--debug or KEEL_DEBUG=1)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,9 @@ import sys
 from pathlib import Path
 
 import pytest
+
+from keel import project as keel_project
+from keel.cli import main
 
 from keel.runtime import Runtime
 from keel.serve.ingest import parse_events, to_batch
@@ -73,7 +77,6 @@ p.stop()
         (["run", "no_such_job"], {}, "no_such_job"),
         (["status"], {"KEEL_BUS": "carrier-pigeon://coop"}, "known schemes are file://, kafka://"),
         (["check", "--profile", "staging"], {}, "no profile 'staging'"),
-        (["sql", "select 1", "--format", "xml"], {}, "unknown format 'xml'"),
         (["experiments", "report", "nope"], {}, "no experiment 'nope'"),
     ],
 )
@@ -89,3 +92,26 @@ def test_every_command_has_help() -> None:
                     "lake", "experiments", "keys"):
         r = keel(command, "--help")
         assert r.returncode == 0 and "Usage" in r.stdout, command
+
+
+def _broken_load_project(*args: object, **kwargs: object) -> None:
+    raise RuntimeError("an unforeseen boom")
+
+
+@pytest.mark.parametrize("debug", ["", "--debug", "KEEL_DEBUG=1"])
+def test_an_unexpected_error_says_it_is_a_bug_and_shows_its_traceback_only_when_asked(
+        shop: Path, debug: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setattr(keel_project, "load_project", _broken_load_project)
+    monkeypatch.delenv("KEEL_DEBUG", raising=False)
+    if debug.startswith("KEEL_DEBUG"):
+        monkeypatch.setenv("KEEL_DEBUG", "1")
+    with pytest.raises(SystemExit) as exit_:
+        main([*(["--debug"] if debug == "--debug" else []), "check", "-p", str(shop)])
+    assert exit_.value.code == 1
+    stderr = capsys.readouterr().err
+    assert "RuntimeError: an unforeseen boom" in stderr and "this is a bug in keel, please report it" in stderr
+    if debug:
+        assert "Traceback (most recent call last)" in stderr and "_broken_load_project" in stderr
+    else:
+        assert "Traceback" not in stderr and len(stderr.strip().splitlines()) == 2, stderr
+        assert "--debug" in stderr and "KEEL_DEBUG=1" in stderr
