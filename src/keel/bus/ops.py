@@ -31,7 +31,7 @@ from keel.bus.base import Bus, Consumer, dlq_name
 
 DLQ_GROUP = "keel-dlq"
 CONTEXT_HEADERS = frozenset({"error", "error_class", "processor", "stage", "source_offset", "source_partition",
-                             "attempt", "schema_id", "failed_at"})
+                             "source_timestamp", "attempt", "schema_id", "failed_at"})
 
 
 @dataclass(frozen=True)
@@ -199,7 +199,7 @@ def dlq_show(bus: Bus, stream: str, limit: int = 100) -> list[dict[str, Any]]:
         h = row["headers"]
         rows.append({"stream": stream, "partition": partition, "offset": offset, "reason": h.get("error"),
                      "stage": h.get("stage"), "processor": row["processor"], "dlq_offset": row["dlq_offset"],
-                     "timestamp": row["timestamp"], "key": row["key"], "value": row["value"], "headers": h})
+                     "timestamp": int(h.get("source_timestamp") or row["timestamp"]), "key": row["key"], "value": row["value"], "headers": h})
     return rows
 
 
@@ -212,12 +212,15 @@ def dlq_replay(bus: Bus, stream: str, limit: int | None = None) -> int:
             return 0
         pending = pa.Table.from_batches(batches)
         replay = pending.take(pa.array([copies[0] for _, copies in _distinct(batches)], pa.int64()))
-        headers = [None if h is None else [(k, v) for k, v in h if k not in CONTEXT_HEADERS]
-                   for h in replay.column("headers").to_pylist()]
+        own = replay.column("headers").to_pylist()
+        headers = [None if h is None else [(k, v) for k, v in h if k not in CONTEXT_HEADERS] for h in own]
+        # a dead letter stored at another time than its record's (the dead-letter stream refused that) names it
+        stamps = [next((int(v) for k, v in (h or []) if k == "source_timestamp"), ms)
+                  for h, ms in zip(own, replay.column("timestamp").cast(pa.int64()).to_pylist())]
         bus.produce(stream, pa.table({
             "key": replay.column("key"),
             "value": replay.column("value"),
-            "timestamp": replay.column("timestamp"),
+            "timestamp": pa.array(stamps, pa.int64()).cast(pending.schema.field("timestamp").type),
             "headers": pa.array(headers, pending.schema.field("headers").type),
         }))
         consumer.commit({0: int(batches[-1].column("offset")[-1].as_py()) + 1})

@@ -31,7 +31,7 @@ import pyarrow as pa
 from keel.bus import dlq_name
 from keel.bus.ops import CONTEXT_HEADERS as _CONTEXT
 from keel.declare import Aggregation, Processor
-from keel.errors import ConflictError, KeelError
+from keel.errors import ConflictError, KeelError, SchemaError
 from keel.monitor.streams import processor_metrics
 from keel.streaming.enrich import enrich
 from keel.streaming.stateful import StatefulEngine
@@ -202,7 +202,13 @@ class Runner:
         dlq = pa.record_batch({"key": rows.column("key"), "value": rows.column("value"),
                                "timestamp": rows.column("timestamp"),
                                "headers": pa.array(headers, pa.map_(pa.string(), pa.binary()))})
-        self.rt.bus.produce(dlq_name(self.decl.stream.name), dlq)
+        try:
+            self.rt.bus.produce(dlq_name(self.decl.stream.name), dlq)
+        except SchemaError:  # a timestamp the dead-letter stream refuses (Kafka: beyond now + 1 h): now, kept aside
+            stamps = rows.column("timestamp").cast(pa.int64()).to_pylist()
+            headers = [h + [("source_timestamp", str(ms).encode())] for h, ms in zip(headers, stamps)]
+            self.rt.bus.produce(dlq_name(self.decl.stream.name), dlq.drop_columns(["timestamp", "headers"]).append_column(
+                "headers", pa.array(headers, pa.map_(pa.string(), pa.binary()))))
         self.stats.dead_lettered += len(bad)
         self.metrics["dead"].inc(len(bad))
         first = bad[0][1] if len(bad) == 1 else f"{bad[0][1]} (and {len(bad) - 1} more)"
