@@ -1,20 +1,39 @@
-"""The kv contract (keel.kv.base), one suite run on every engine: file:// (SQLite) and redis://."""
+"""The kv contract (keel.kv.base), one suite run on every engine: file:// (SQLite) and redis://.
+
+TTLs without sleeps: ``expire()`` makes every value written with a TTL so far expire. The file
+engine runs on a hand-moved clock, which jumps past the TTL; Redis enforces TTLs with its own
+clock, so ``expire()`` first checks the TTL each key holds (PTTL), then asks the server to expire
+those keys now (PEXPIRE 1 ms) and waits until it has.
+"""
 
 from __future__ import annotations
 
+import multiprocessing
 import random
-import subprocess
-import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 
+from keel.engines import scheme_of
 from keel.kv import KeyValue, open_kv
+from tests.contract import kv_race_writer
 
-TTL = 0.2  # seconds; tests wait PAST_TTL so that an expired value is certainly expired
-PAST_TTL = 0.5
+TTL = 60.0  # seconds: long enough that nothing expires by itself while a test runs, even on a loaded machine
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1_700_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
 
 
 @pytest.fixture(params=["file", pytest.param("redis", marks=pytest.mark.redis)])
@@ -22,7 +41,7 @@ def kv_url(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFact
     if request.param == "file":
         return f"file://{tmp_path_factory.mktemp('kv')}/kv.db"
     # A database of its own, emptied per test: other suites share the session's server.
-    url = request.getfixturevalue("redis_url").rsplit("/", 1)[0] + "/9"
+    url: str = request.getfixturevalue("redis_url").rsplit("/", 1)[0] + "/9"
     import redis
 
     client = redis.Redis.from_url(url)
@@ -32,10 +51,38 @@ def kv_url(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFact
 
 
 @pytest.fixture
-def kv(kv_url: str) -> Iterator[KeyValue]:
-    store = open_kv(kv_url)
+def kv(kv_url: str, clock: Clock) -> Iterator[KeyValue]:
+    store = open_kv(kv_url, clock=clock) if scheme_of(kv_url) == "file" else open_kv(kv_url)
     yield store
     store.close()
+
+
+@pytest.fixture
+def expire(kv_url: str, clock: Clock) -> Callable[[], None]:
+    if scheme_of(kv_url) == "file":
+        def past_the_ttl() -> None:
+            clock.now += TTL + 1
+
+        return past_the_ttl
+
+    def expire_now() -> None:
+        import redis
+
+        client = redis.Redis.from_url(kv_url)
+        try:
+            keys = [k for k in client.scan_iter(count=1000) if client.pttl(k) > 0]
+            for key in keys:
+                held = client.pttl(key)
+                assert 0 < held <= TTL * 1000, f"{key!r} holds a TTL of {held} ms, not {TTL} s"
+                client.pexpire(key, 1)
+            deadline = time.monotonic() + 30  # generous: the server expires them within milliseconds
+            while keys and client.exists(*keys) and time.monotonic() < deadline:
+                time.sleep(0.002)
+            assert not keys or client.exists(*keys) == 0, "Redis did not expire the keys within 30 s"
+        finally:
+            client.close()
+
+    return expire_now
 
 
 def version_of(value: bytes | None) -> int:
@@ -104,12 +151,12 @@ def test_data_survives_reopening(kv_url: str) -> None:
 # -- TTL ------------------------------------------------------------------------------------
 
 
-def test_expired_values_are_never_returned(kv: KeyValue) -> None:
+def test_expired_values_are_never_returned(kv: KeyValue, expire: Callable[[], None]) -> None:
     kv.put_many([("ttl/a", b"1"), ("ttl/b", b"2")], ttl=TTL)
     kv.upsert_many([("ttl/c", 1, b"3")], ttl=TTL)
     kv.put_many([("ttl/forever", b"4")])
     assert kv.get_many(["ttl/a", "ttl/b", "ttl/c"]) == [b"1", b"2", b"3"]
-    time.sleep(PAST_TTL)
+    expire()
     assert kv.get("ttl/a") is None
     assert kv.get_many(["ttl/a", "ttl/b", "ttl/c", "ttl/forever"]) == [None, None, None, b"4"]
     assert list(kv.scan("ttl/")) == [("ttl/forever", b"4")]
@@ -117,30 +164,32 @@ def test_expired_values_are_never_returned(kv: KeyValue) -> None:
     assert kv.delete(["ttl/a", "ttl/b"]) == 0  # already gone
 
 
-def test_a_put_without_ttl_makes_the_key_permanent(kv: KeyValue) -> None:
+def test_a_put_without_ttl_makes_the_key_permanent(kv: KeyValue, expire: Callable[[], None]) -> None:
     kv.put_many([("k", b"short")], ttl=TTL)
     kv.put_many([("k", b"long")])
-    time.sleep(PAST_TTL)
+    expire()
     assert kv.get("k") == b"long"
 
 
-def test_a_put_with_ttl_makes_a_permanent_key_expire(kv: KeyValue) -> None:
+def test_a_put_with_ttl_makes_a_permanent_key_expire(kv: KeyValue, expire: Callable[[], None]) -> None:
     kv.put_many([("k", b"long")])
     kv.put_many([("k", b"short")], ttl=TTL)
-    time.sleep(PAST_TTL)
+    assert kv.get("k") == b"short"
+    expire()
     assert kv.get("k") is None
 
 
-def test_a_losing_upsert_leaves_value_and_ttl_alone(kv: KeyValue) -> None:
+def test_a_losing_upsert_leaves_value_and_ttl_alone(kv: KeyValue, expire: Callable[[], None]) -> None:
     kv.upsert_many([("k", 5, b"5")])
     assert kv.upsert_many([("k", 4, b"4")], ttl=TTL) == 0
-    time.sleep(PAST_TTL)
+    expire()
     assert kv.get("k") == b"5"
 
 
-def test_an_expired_version_no_longer_guards_the_key(kv: KeyValue) -> None:
+def test_an_expired_version_no_longer_guards_the_key(kv: KeyValue, expire: Callable[[], None]) -> None:
     kv.upsert_many([("k", 10, b"10")], ttl=TTL)
-    time.sleep(PAST_TTL)
+    assert kv.upsert_many([("k", 9, b"9")]) == 0  # guarded while it lives
+    expire()
     assert kv.upsert_many([("k", 1, b"1")]) == 1
     assert kv.get("k") == b"1"
 
@@ -224,44 +273,37 @@ def test_concurrent_threads_never_lose_the_newest_version(kv: KeyValue) -> None:
     assert kv.get_many([f"race/{k}" for k in range(keys)]) == [str(versions).encode()] * keys
 
 
-_WRITER = """
-import random, sys, time
-from keel.kv import open_kv
-url, seed, keys, versions, start_at = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), float(sys.argv[5])
-kv = open_kv(url)
-order = [(k, v) for k in range(keys) for v in range(1, versions + 1) if v % 2 == seed % 2]
-random.Random(seed).shuffle(order)
-time.sleep(max(0.0, start_at - time.time()))
-for start in range(0, len(order), 10):
-    kv.upsert_many([(f"race/{k}", v, str(v).encode()) for k, v in order[start:start + 10]])
-kv.close()
-"""
-
-
 def test_concurrent_processes_never_lose_or_regress_a_version(kv_url: str) -> None:
-    """Two writer processes race on the same keys while this process watches every key only grow."""
+    """Two writer processes race on the same keys while this process watches every key only grow.
+
+    The writers meet at a barrier before every few batches, so they write side by side all the way
+    (tests/contract/kv_race_writer.py), and count how often each saw the other write between two of
+    its own batches: the test requires that they did.
+    """
     keys, versions = 3, 600  # each writer owns half the versions (odd / even), the newest is written once
-    start_at = time.time() + 1.5  # both writers import keel first, then start together
-    procs = [
-        subprocess.Popen([sys.executable, "-c", _WRITER, kv_url, str(seed), str(keys), str(versions), str(start_at)])
-        for seed in (1, 2)
-    ]
+    spawn = multiprocessing.get_context("spawn")  # a fresh interpreter: no engine state inherited by fork
+    barrier, counters = spawn.Barrier(2), spawn.Array("i", 3)
+    procs = [spawn.Process(target=kv_race_writer.write, args=(kv_url, seed, keys, versions, barrier, counters))
+             for seed in (1, 2)]
+    for p in procs:
+        p.start()
     reader = open_kv(kv_url)
     names = [f"race/{k}" for k in range(keys)]
     seen = [-1] * keys
     try:
-        while any(p.poll() is None for p in procs):
+        while any(p.is_alive() for p in procs):
             now = [version_of(v) for v in reader.get_many(names)]
             assert all(a >= b for a, b in zip(now, seen)), f"a version went back: {seen} -> {now}"
             seen = now
             time.sleep(0.005)
-        assert [p.wait() for p in procs] == [0, 0]
+        assert [p.exitcode for p in procs] == [0, 0]
+        assert counters[kv_race_writer.INTERLEAVINGS] > 0, "the writers never wrote in between each other"
         assert reader.get_many(names) == [str(versions).encode()] * keys
     finally:
         for p in procs:
-            if p.poll() is None:
+            if p.is_alive():
                 p.kill()
-                p.wait()
+            p.join()
         reader.close()
 
 
@@ -317,14 +359,14 @@ def test_scan_yields_each_key_once_and_honours_limit(kv: KeyValue) -> None:
     assert list(kv.scan("many/", limit=0)) == []
 
 
-def test_count_counts_live_keys_by_prefix(kv: KeyValue) -> None:
+def test_count_counts_live_keys_by_prefix(kv: KeyValue, expire: Callable[[], None]) -> None:
     assert kv.count() == 0
     kv.put_many([(f"a/{i}", b"x") for i in range(30)] + [(f"b/{i}", b"x") for i in range(12)])
     kv.put_many([("a/short", b"x")], ttl=TTL)
     assert kv.count("a/") == 31
     assert kv.count("b/") == 12
     assert kv.count() == 43
-    time.sleep(PAST_TTL)
+    expire()
     assert kv.count("a/") == 30
     kv.delete(["b/0"])
     assert kv.count() == 41
