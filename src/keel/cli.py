@@ -95,12 +95,14 @@ def init(directory: Path, example: str) -> None:
 @app.command()
 @project_options
 def check(project: Path, profile: str | None) -> None:
-    """Validate a project's declarations.
+    """Validate a project's declarations, and their schemas against the profile's lake and bus.
 
     Each mistake is reported once, with its file and line."""
+    from keel.catalog_checks import check_deployed
     from keel.project import load_project
 
     p = load_project(project, profile)
+    check_deployed(p.config, p.catalog)  # breaking schema changes; creates nothing
     counts = {k: len(v) for k, v in p.catalog.items.items()}
     out.print("[green]ok[/green]: " + ", ".join(f"{n} {k}s" for k, n in sorted(counts.items())))
 
