@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
 # Install what keel's Redis engine and its tests need: redis-server (the harness starts it on
-# 127.0.0.1), wrk (load tests) and the redis/hiredis Python packages (the `redis` extra).
+# 127.0.0.1, also with TLS: Debian's build has it), redis-cli and the sqlite3 tool (the kv interop
+# tests read views with them), wrk (load tests) and the redis/hiredis Python packages (the `redis` extra).
 # Idempotent: installs only what is missing, so .ci/run can call it every time.
 set -euo pipefail
 
 apt_missing=()
 [ -x /usr/bin/redis-server ] || command -v redis-server >/dev/null 2>&1 || apt_missing+=(redis-server)
+command -v redis-cli >/dev/null 2>&1 || apt_missing+=(redis-tools)
+command -v sqlite3 >/dev/null 2>&1 || apt_missing+=(sqlite3)
 command -v wrk >/dev/null 2>&1 || apt_missing+=(wrk)
 
 if [ ${#apt_missing[@]} -gt 0 ]; then

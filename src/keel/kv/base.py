@@ -16,7 +16,10 @@ Contract:
 * A batch is not atomic as a whole: after an error, some of it may be written.
 * ``ttl`` must be > 0 and versions in range, else ``ValueError`` (a caller's bug); engine
   failures raise ``keel.errors.BackendError``. Every engine is safe to share between threads.
-* Keys are strings; views namespace theirs as ``"<view>/<key>"``.
+* Keys are strings; views namespace theirs as ``"<view>/<key>"``. Keys starting with ``keel:`` are
+  reserved for the engines' bookkeeping (Redis keeps versions under ``keel:version:<key>``).
+* Values are stored as the exact bytes given, where other tools can read them (a view's value is
+  its JSON text: ``GET <view>/<key>`` in Redis, ``SELECT value FROM kv WHERE key = ...`` in SQLite).
 """
 
 from __future__ import annotations

@@ -154,8 +154,9 @@ class RedisKeyValue:
             raise BackendError(
                 f"Redis at {self.url} holds values in keel's older layout (a tag byte and a version before "
                 "the JSON); this keel stores plain JSON with the version in keel:version:<key>. Empty that "
-                "database (redis-cli -n DB FLUSHDB) and rebuild the views with `keel replay PROCESSOR --from "
-                "earliest` (and re-run the jobs that write views), or point the `kv` URL at an empty database"
+                "database (redis-cli -n DB FLUSHDB) and rebuild the views with `keel replay PROCESSOR --from 0` "
+                "for each processor that writes one (and re-run the jobs that do), or point the `kv` URL at an "
+                "empty database"
             )
 
     # -- reads -------------------------------------------------------------------------------
