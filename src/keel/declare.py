@@ -11,6 +11,7 @@ from __future__ import annotations
 import inspect
 import re
 from collections.abc import Callable
+from datetime import UTC, datetime
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -53,13 +54,39 @@ class Declaration:
     kind: str = field(default="declaration", init=False)
 
 
+# Event times every stream refuses, whatever it declares: before 1900 or from 2200 on. Far inside what
+# Arrow, Delta, Spark and pandas (int64 nanoseconds end in 2262) store, so window ends never overflow.
+EARLIEST_EVENT_TIME = datetime(1900, 1, 1, tzinfo=UTC)
+LATEST_EVENT_TIME = datetime(2200, 1, 1, tzinfo=UTC)  # exclusive
+DEFAULT_MAX_FUTURE = 86400.0  # 1 day: clocks disagree, but not by more
+DEFAULT_MAX_EVENT_BYTES = 1 << 20  # 1 MiB of JSON: Kafka's default message.max.bytes is 1 MB + overhead
+_EARLIEST_MS = int(EARLIEST_EVENT_TIME.timestamp() * 1000)
+_LATEST_MS = int(LATEST_EVENT_TIME.timestamp() * 1000) - 1
+
+
 @dataclass(frozen=True, kw_only=True)
 class Stream(Declaration):
+    """An event stream. ``max_future`` / ``max_past``: how far (seconds) an event's ``ts`` may be ahead
+    of / behind the time the gateway acknowledges it (None: no bound that way); ``max_event_bytes``: the
+    largest event, as JSON. The gateway refuses what is outside with 400; processors dead-letter it."""
+
     schema: type[Event]
     key: str | None = None
     partitions: int = 1
     retention: str | None = "7d"
+    max_future: float | None = DEFAULT_MAX_FUTURE
+    max_past: float | None = None
+    max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES
     kind: str = field(default="stream", init=False)
+
+    def event_time_bounds(self, now_ms: int) -> tuple[int, int]:
+        """(earliest, latest) event time in epoch ms, both inclusive, that this stream accepts at ``now_ms``."""
+        lo, hi = _EARLIEST_MS, _LATEST_MS
+        if self.max_past is not None:
+            lo = max(lo, now_ms - int(self.max_past * 1000))
+        if self.max_future is not None:
+            hi = min(hi, now_ms + int(self.max_future * 1000))
+        return lo, hi
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -205,10 +232,20 @@ def _declare(cls: type[D], **kw: Any) -> D:
 
 
 def stream(name: str, schema: type[Event], *, key: str | None = None, partitions: int = 1,
-           retention: str | None = "7d", owner: str = "", description: str = "") -> Stream:
-    """Declare an event stream on the bus; events are validated against `schema` at ingest."""
+           retention: str | None = "7d", max_future: str | float | None = "1d", max_past: str | float | None = None,
+           max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES, owner: str = "", description: str = "") -> Stream:
+    """Declare an event stream on the bus; events are validated against `schema` at ingest, and an event
+    whose ``ts`` is more than `max_future` ahead of (or `max_past` behind) the ack time, or whose JSON is
+    over `max_event_bytes`, is refused."""
+    future, past = seconds(max_future), seconds(max_past)
+    for option, value in (("max_future", future), ("max_past", past)):
+        if value is not None and value < 0:
+            raise ValueError(f"{option} must be a duration of 0 or more (like '1d'), or None for no bound")
+    if max_event_bytes < 1:
+        raise ValueError(f"max_event_bytes must be a positive number of bytes, not {max_event_bytes}")
     return _declare(Stream, name=name, schema=schema, key=key, partitions=partitions, retention=retention,
-                    owner=owner, description=description)
+                    max_future=future, max_past=past, max_event_bytes=max_event_bytes, owner=owner,
+                    description=description)
 
 
 def table(name: str, *, partition_by: tuple[str, ...] | list[str] = (), owner: str = "", description: str = "") -> Table:

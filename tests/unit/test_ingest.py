@@ -8,7 +8,8 @@ import pytest
 
 import keel
 from keel.errors import ValidationError
-from keel.serve.ingest import accepted_body, parse_events, to_batch
+from keel.declare import Stream
+from keel.serve.ingest import accepted_body, check_bounds, parse_events, to_batch
 from keel.streaming.decode import to_events
 
 
@@ -41,6 +42,21 @@ def test_body_that_is_not_json() -> None:
     with pytest.raises(ValidationError) as info:
         parse_events(Purchase, b"{nope", ndjson=False)
     assert "not valid JSON" in str(info.value.errors[0]["error"])
+
+
+@pytest.mark.parametrize("depth", [10_000, 100_000])
+@pytest.mark.parametrize("shape", ["array", "object", "in_a_field"])
+@pytest.mark.parametrize("ndjson", [False, True])
+def test_deeply_nested_json_is_a_validation_error(depth: int, shape: str, ndjson: bool) -> None:
+    nested = {"array": b"[" * depth + b"]" * depth, "object": b'{"a":' * depth + b"1" + b"}" * depth,
+              "in_a_field": b'{"user_id":"u","item_id":' + b"[" * depth + b"]" * depth + b',"price":1}'}[shape]
+    good = b'{"user_id":"u","item_id":"i","price":1}'
+    body = good + b"\n" + nested if ndjson else nested
+    with pytest.raises(ValidationError) as info:
+        parse_events(Purchase, body, ndjson=ndjson)
+    (error,) = info.value.errors
+    assert "nested too deeply" in str(error["error"])
+    assert error["index"] == (1 if ndjson else None)
 
 
 def test_batch_round_trips_into_lake_rows() -> None:
@@ -93,3 +109,44 @@ def test_a_float_key_is_its_python_text_in_every_batch() -> None:
     mixed = to_batch(parse_events(Priced, b'[{"price":2.0},{"price":2.5}]', ndjson=False), "price", 1)[0]
     assert alone.column("key").to_pylist() == [b"2.0"]
     assert mixed.column("key").to_pylist() == [b"2.0", b"2.5"]
+
+
+NOON = 1_900_000_000_000  # 2030-03-17T17:46:40Z, the ack time of the bound tests
+
+
+def bounded(stream: Stream, body: bytes) -> list[tuple[object, object]]:
+    events = parse_events(stream.schema, body, ndjson=False)
+    batch, _ = to_batch(events, None, 1, NOON)
+    try:
+        check_bounds(stream, events, batch, NOON)
+    except ValidationError as exc:
+        return [(e["index"], e["field"]) for e in exc.errors]
+    return []
+
+
+def test_a_stream_declares_its_event_time_window() -> None:
+    hour_back = Stream(name="s", schema=Purchase, max_past=3600.0, max_future=None)
+    ev = b'{"user_id":"u","item_id":"i","price":1,"ts":"%s"}'
+    body = b"[" + b",".join([ev % b"2030-03-17T16:46:40Z", ev % b"2030-03-17T16:46:39Z", ev % b"2199-12-31T00:00:00Z",
+                             b'{"user_id":"u","item_id":"i","price":1}']) + b"]"
+    assert bounded(hour_back, body) == [(1, "ts")]  # an hour back is in, a second more is out, no future bound
+    assert bounded(Stream(name="s", schema=Purchase), body) == [(2, "ts")]  # defaults: 1 day ahead, no past bound
+    assert bounded(Stream(name="s", schema=Purchase, max_future=0.0), ev % b"2030-03-17T17:46:40.001Z") == [(0, "ts")]
+    assert hour_back.event_time_bounds(NOON) == (NOON - 3_600_000, 7258118399999)  # up to 2199-12-31T23:59:59.999
+
+
+def test_the_declaration_takes_durations_and_refuses_nonsense() -> None:
+    from keel.catalog import collecting
+
+    with collecting():
+        s = keel.stream("s", Purchase, max_future="2h", max_past="30d", max_event_bytes=4096)
+        assert (s.max_future, s.max_past, s.max_event_bytes) == (7200.0, 2592000.0, 4096)
+        d = keel.stream("d", Purchase)
+        assert (d.max_future, d.max_past, d.max_event_bytes) == (86400.0, None, 1 << 20)
+        for bad, why in (({"max_future": -5}, "max_future must be"), ({"max_past": "soon"}, "bad duration"),
+                         ({"max_event_bytes": 0}, "max_event_bytes must be")):
+            with pytest.raises(ValueError, match=why):
+                keel.stream("x", Purchase, **bad)  # type: ignore[arg-type]
+    sized = Stream(name="s", schema=Purchase, max_event_bytes=60)
+    assert bounded(sized, b'[{"user_id":"u","item_id":"i","price":1},{"user_id":"u","item_id":"%s","price":1}]'
+                   % (b"x" * 40)) == [(1, "item_id")]

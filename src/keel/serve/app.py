@@ -13,6 +13,8 @@ and the hot view route in raw ASGI); the Starlette router below serves the rest.
 from __future__ import annotations
 
 import asyncio
+import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -24,7 +26,7 @@ from starlette.routing import Route, Router, compile_path
 from keel.errors import BackendError, ValidationError
 from keel.serve.endpoints import EndpointRequest, endpoint_handler
 from keel.serve.front import Gateway, Services
-from keel.serve.ingest import accepted_body, parse_events, to_batch
+from keel.serve.ingest import accepted_body, check_bounds, parse_events, to_batch
 from keel.serve.keys import KeyRing, keys_path
 from keel.serve.limits import GatewayOptions
 from keel.serve.metrics import Metrics
@@ -40,8 +42,9 @@ def gateway_options(runtime: Any) -> GatewayOptions:
     return GatewayOptions(max_body_bytes=config.serve.max_body_bytes, anonymous_loopback=not config.production)
 
 
-def build_app(runtime: Any, options: GatewayOptions | None = None) -> Gateway:
-    """The gateway of `runtime`'s project."""
+def build_app(runtime: Any, options: GatewayOptions | None = None,
+              clock: Callable[[], float] = time.time) -> Gateway:
+    """The gateway of `runtime`'s project; `clock` (epoch seconds) is the ack time events are bounded by."""
     options = options or gateway_options(runtime)
     catalog = runtime.catalog
     services = Services(kv_url=runtime.config.kv, sync_kv=lambda: runtime.kv, kv=Backend("kv", options.kv),
@@ -59,12 +62,14 @@ def build_app(runtime: Any, options: GatewayOptions | None = None) -> Gateway:
         ndjson = "ndjson" in request.headers.get("content-type", "")
         try:
             events = parse_events(decl.schema, body, ndjson)
+            if not events:
+                return json_response({"error": "no events in the body"}, 400)
+            now_ms = int(clock() * 1000)
+            batch, ids = to_batch(events, decl.key, decl.schema.schema_version, now_ms)
+            check_bounds(decl, events, batch, now_ms)
         except ValidationError as exc:
             metrics.rejected.labels(name).inc()
             return json_response({"error": "invalid events; nothing was written", "errors": exc.errors}, 400)
-        if not events:
-            return json_response({"error": "no events in the body"}, 400)
-        batch, ids = to_batch(events, decl.key, decl.schema.schema_version)
         try:
             await producer.produce(name, batch)
         except BackendError as exc:

@@ -2,7 +2,9 @@
 
 Accepts one JSON object, a JSON array of objects, or NDJSON (one object per line). The whole
 request is validated before anything is written: one bad event refuses the request, so nothing
-of it reaches the bus.
+of it reaches the bus. Besides its schema, each event must keep to its stream's bounds
+(`check_bounds`): an event time within the stream's window around the ack time, and a size the
+bus and the processors take; whatever passes here, the processors can process.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import os
 import time
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from functools import cache
 from operator import attrgetter
 from typing import Any
@@ -18,13 +21,17 @@ import msgspec
 import msgspec.inspect
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from keel.bus.base import HEADERS_TYPE, TIMESTAMP_TYPE
+from keel.declare import EARLIEST_EVENT_TIME, LATEST_EVENT_TIME, Stream
 from keel.errors import ValidationError
 from keel.schema import Event, describe_errors
 
 _encoder = msgspec.json.Encoder()
 _NEWLINE = ord("\n")
+_TOO_DEEP = ("JSON nested too deeply: events are objects of scalar fields and lists, not arrays or objects "
+             "nested thousands of levels; flatten the event")
 
 
 @dataclass(frozen=True)
@@ -58,22 +65,37 @@ def parse_events(schema: type[Event], body: bytes, ndjson: bool) -> list[Event]:
             events: list[Event] = d.many.decode(body)
             return events
         return [d.one.decode(body)]
-    except (msgspec.ValidationError, msgspec.DecodeError):
+    except (msgspec.ValidationError, msgspec.DecodeError, RecursionError):  # msgspec bounds nesting depth
         pass
     raise ValidationError(_all_errors(schema, body, ndjson))
 
 
+def _decode(text: bytes, index: int | None, what: str) -> tuple[object, dict[str, object] | None]:
+    try:
+        return msgspec.json.decode(text), None
+    except msgspec.DecodeError as exc:
+        return None, {"index": index, "field": None, "error": f"{what} is not valid JSON: {exc}"}
+    except RecursionError:
+        return None, {"index": index, "field": None, "error": _TOO_DEEP}
+
+
 def _all_errors(schema: type[Event], body: bytes, ndjson: bool) -> list[dict[str, object]]:
     """The slow path: find every bad field of every event, for the 400 answer."""
-    try:
-        if ndjson:
-            raws = [msgspec.json.decode(line) for line in _split_ndjson(body)]
-        else:
-            raw = msgspec.json.decode(body)
-            raws = raw if isinstance(raw, list) else [raw]
-    except msgspec.DecodeError as exc:
-        return [{"index": None, "field": None, "error": f"body is not valid JSON: {exc}"}]
     errors: list[dict[str, object]] = []
+    if ndjson:
+        raws = []
+        for i, line in enumerate(_split_ndjson(body)):
+            raw, error = _decode(line, i, f"line {i + 1}")
+            if error is not None:
+                errors.append(error)
+            raws.append(raw)
+        if errors:
+            return errors
+    else:
+        raw, error = _decode(body, None, "body")
+        if error is not None:
+            return [error]
+        raws = raw if isinstance(raw, list) else [raw]
     for i, raw in enumerate(raws):
         errors += describe_errors(schema, raw, i)
     return errors or [{"index": None, "field": None, "error": "no events in the body"}]
@@ -158,9 +180,8 @@ def _keys(events: list[Event], key_field: str) -> pa.Array:
     return pa.array([None if k is None else str(k).encode() for k in raw], pa.binary())
 
 
-def _timestamps(events: list[Event]) -> pa.Array:
+def _timestamps(events: list[Event], now_ms: int) -> pa.Array:
     """Event times in ms: the event's own ``ts``, or now for events without one (the common case)."""
-    now_ms = int(time.time() * 1000)
     stamps = list(map(attrgetter("ts"), events))
     if stamps.count(None) == len(stamps):
         return pa.array(np.full(len(stamps), now_ms, dtype=np.int64)).view(TIMESTAMP_TYPE)
@@ -197,8 +218,10 @@ def accepted_body(ids: EventIds) -> bytes:
     return b'{"accepted":%d,"event_ids":%s}' % (len(ids), ids.json_array())
 
 
-def to_batch(events: list[Event], key_field: str | None, schema_version: int) -> tuple[pa.RecordBatch, EventIds]:
-    """The bus batch of validated events (JSON values, keys, event times, headers) and their new ids.
+def to_batch(events: list[Event], key_field: str | None, schema_version: int,
+             now_ms: int | None = None) -> tuple[pa.RecordBatch, EventIds]:
+    """The bus batch of validated events (JSON values, keys, event times, headers) and their new ids;
+    an event without ``ts`` gets ``now_ms`` (default: the clock now).
 
     Built column by column: a Python step per event cost more than the rest of a request (profile:
     ~2 ms per 1,000 events before, see benchmarks/RESULTS.md)."""
@@ -208,8 +231,51 @@ def to_batch(events: list[Event], key_field: str | None, schema_version: int) ->
         {
             "key": _keys(events, key_field) if key_field is not None else pa.nulls(n, pa.binary()),
             "value": _values(events),
-            "timestamp": _timestamps(events),
+            "timestamp": _timestamps(events, int(time.time() * 1000) if now_ms is None else now_ms),
             "headers": _headers(n, raw_ids, str(schema_version).encode()),
         }
     )
     return batch, EventIds(raw_ids)
+
+
+def check_bounds(stream: Stream, events: list[Event], batch: pa.RecordBatch, now_ms: int) -> None:
+    """Refuse (ValidationError naming each event) a batch with an event time outside the stream's
+    bounds at ``now_ms`` (`Stream.event_time_bounds`) or an event over ``stream.max_event_bytes``.
+
+    One vectorized pass over the batch's timestamp and value columns; Python runs only for the bad."""
+    lo, hi = stream.event_time_bounds(now_ms)
+    stamps = batch.column("timestamp").cast(pa.int64()).to_numpy()
+    sizes = pc.binary_length(batch.column("value")).to_numpy()
+    late, big = np.flatnonzero((stamps < lo) | (stamps > hi)), np.flatnonzero(sizes > stream.max_event_bytes)
+    if len(late) == 0 and len(big) == 0:
+        return
+    errors = [_time_error(stream, i, events[i], int(stamps[i]), now_ms) for i in late.tolist()]
+    errors += [_size_error(stream, int(i), events[i], int(sizes[i])) for i in big.tolist()]
+    raise ValidationError(sorted(errors, key=lambda e: int(str(e["index"]))))
+
+
+def _iso(ms: int) -> str:
+    return datetime.fromtimestamp(ms / 1000, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def _time_error(stream: Stream, index: int, event: Event, stamp_ms: int, now_ms: int) -> dict[str, object]:
+    ts = event.ts.isoformat() if event.ts is not None else "?"
+    first, last = EARLIEST_EVENT_TIME.date(), LATEST_EVENT_TIME.date()
+    if not EARLIEST_EVENT_TIME.timestamp() * 1000 <= stamp_ms < LATEST_EVENT_TIME.timestamp() * 1000:
+        why = f"ts {ts} is outside the event times keel stores ({first} to {last})"
+    elif stamp_ms > now_ms:
+        why = (f"ts {ts} is more than {stream.max_future:g} s ahead of the ack time {_iso(now_ms)} (the max_future "
+               f"of stream {stream.name!r}): send the event's real time, or declare keel.stream(..., max_future=...)")
+    else:
+        why = (f"ts {ts} is more than {stream.max_past:g} s behind the ack time {_iso(now_ms)} (the max_past of "
+               f"stream {stream.name!r}): declare keel.stream(..., max_past=...) to accept older events")
+    return {"index": index, "field": "ts", "error": why}
+
+
+def _size_error(stream: Stream, index: int, event: Event, size: int) -> dict[str, object]:
+    fields = msgspec.structs.asdict(event)
+    biggest = max(fields, key=lambda f: len(_encoder.encode(fields[f])))
+    return {"index": index, "field": biggest,
+            "error": f"the event is {size} bytes of JSON, over the {stream.max_event_bytes}-byte limit of stream "
+                     f"{stream.name!r} (max_event_bytes), mostly this field: store large values elsewhere and send "
+                     "a reference"}
