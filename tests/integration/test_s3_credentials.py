@@ -9,12 +9,14 @@ from __future__ import annotations
 import urllib.request
 import uuid
 from pathlib import Path
+from types import SimpleNamespace
 
 import pyarrow as pa
 import pytest
 
 from keel.errors import BackendError, ConfigError
 from keel.lake import open_lake
+from keel.lake._storage import S3Storage
 from keel.lake.delta import DeltaLake
 from tests.harness.s3 import S3Server
 
@@ -93,3 +95,29 @@ def test_check_names_a_bucket_deleted_after_the_lake_was_opened(s3_server: S3Ser
     urllib.request.urlopen(urllib.request.Request(f"{s3_server.endpoint}/{bucket}", method="DELETE"), timeout=10)
     with pytest.raises(BackendError, match=f"bucket '{bucket}' .* does not exist: create it .*aws s3 mb s3://{bucket}"):
         lake.check()
+
+
+class Rotating:
+    """A botocore-like credentials object whose frozen credentials change when told (a renewal)."""
+
+    def __init__(self) -> None:
+        self.key = "first-key"
+
+    def get_frozen_credentials(self) -> SimpleNamespace:
+        return SimpleNamespace(access_key=self.key, secret_key="secret", token=f"token-of-{self.key}")
+
+
+def test_renewed_credentials_replace_the_open_table_handles(s3_server: S3Server) -> None:
+    base = {"AWS_REGION": "us-east-1", "AWS_ENDPOINT_URL": s3_server.endpoint, "AWS_ALLOW_HTTP": "true",
+            "conditional_put": "etag"}
+    credentials = Rotating()
+    url = s3_server.url()
+    lake = DeltaLake(url, S3Storage(base, credentials), url)
+    write_and_read_back(lake)
+    first = lake._tables["visits"]
+    credentials.key = "second-key"
+    assert lake.append("visits", pa.table({"user_id": ["u3"], "n": [3]}, schema=SCHEMA)) is True
+    assert lake._tables["visits"] is not first  # reopened with the renewed credentials
+    assert lake._storage_options() == {**base, "AWS_ACCESS_KEY_ID": "second-key", "AWS_SECRET_ACCESS_KEY": "secret",
+                                       "AWS_SESSION_TOKEN": "token-of-second-key"}
+    assert lake.describe("visits").rows == 3
