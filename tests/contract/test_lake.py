@@ -193,6 +193,14 @@ def test_writer_commit_returns_the_last_version_and_its_metadata(lake_url: str, 
     assert other is not None and other.version == 27
 
 
+def test_writer_version_reads_the_last_committed_version_from_another_handle(lake_url: str, lake: Lake,
+                                                                            shop: str) -> None:
+    assert lake.writer_version(shop, "job") is None
+    lake.overwrite(shop, events(2), writer="job", version=1_714_532_400_000_000_001)  # beyond 2**53
+    lake.append(shop, events(1), writer="other", version=3)
+    assert open_lake(lake_url).writer_version(shop, "job") == 1_714_532_400_000_000_001
+
+
 def test_writers_are_independent(lake: Lake, shop: str) -> None:
     assert lake.append(shop, events(1), writer="a", version=5) is True
     assert lake.append(shop, events(1), writer="b", version=1) is True
