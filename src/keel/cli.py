@@ -303,23 +303,21 @@ def dlq(stream: str, action: str, project: Path, profile: str | None, limit: int
 
 
 def _print_dead_letter(dead: str, record: dict[str, Any]) -> None:
-    headers = record.get("headers") or {}
+    """One dead letter as `dlq_show` gives it: where its record was, who failed on it and why, and the
+    record's value (as JSON when it parsed)."""
+    def known(value: Any) -> str:
+        return "unknown" if value is None else str(value)
 
-    def field(*names: str) -> Any:
-        return next((record[n] for n in names if record.get(n) is not None),
-                    next((headers[n] for n in names if headers.get(n) is not None), None))
-
-    where = f"{dead} offset {record.get('offset')}"
-    source = [f"{label} {v}" for label, v in (("partition", field("source_partition")),
-                                               ("offset", field("source_offset")),
-                                               ("processor", field("processor"))) if v is not None]
-    out.print(where + (": from " + ", ".join(source) if source else ""), style="bold", highlight=False)
-    out.print(f"  reason: {field('reason', 'error') or 'not recorded'}", highlight=False)
+    failed = " in ".join(str(x) for x in (record.get("stage"), record.get("processor")) if x)
+    out.print(f"{record.get('stream')} partition {known(record.get('partition'))} offset "
+              f"{known(record.get('offset'))}" + (f", failed {failed}" if failed else "")
+              + f" ({dead} offset {known(record.get('dlq_offset'))})", style="bold", highlight=False)
+    out.print(Text(f"  reason: {record.get('reason') or 'not recorded'}"))
     value = record.get("value")
     if isinstance(value, (dict, list)):
         out.print_json(json.dumps(value, default=str))
     else:
-        out.print(f"  value: {value!r}", highlight=False)
+        out.print(Text(f"  value: {value!r}"))
 
 
 @app.group(context_settings=CONTEXT)
