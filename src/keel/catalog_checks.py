@@ -191,9 +191,12 @@ def _existing(url: str, area: str) -> Any:
 
 
 def _declared_tables(catalog: Catalog) -> list[tuple[Any, str, Any]]:
-    """(writer, table, Arrow schema) of each table whose schema follows from its declaration alone:
-    a landing's (the stream's fields) and an aggregation's. A processor's own function shows its
-    output schema only when it runs, so its tables are checked at write time."""
+    """(writer, table, Arrow schema) of each table whose schema is known before any event: a landing's
+    (the stream's fields), an aggregation's, and a stateless processor's (its function over an empty
+    batch, as the processor itself finds it). Stateful and enriching processors show theirs only
+    when they run, so their tables are checked at write time."""
+    import polars as pl
+
     from keel.declare import Aggregation
     from keel.schema import table_schema
     from keel.streaming.stateful import WindowOperator
@@ -208,10 +211,18 @@ def _declared_tables(catalog: Catalog) -> list[tuple[Any, str, Any]]:
                 schema = WindowOperator(p)._empty_output().to_arrow().schema
             except Exception:  # noqa: BLE001 - a broken aggregation is reported by the checks above
                 continue
-        elif p.transform is None and p.state_key is None:
+        elif p.state_key is not None or p.lookups:
+            continue
+        elif p.transform is None:
             schema = table_schema(p.stream.schema)
         else:
-            continue
+            try:
+                result = p.transform(pl.from_arrow(table_schema(p.stream.schema).empty_table()))
+                if not isinstance(result, pl.DataFrame) or not result.width:
+                    continue
+                schema = result.to_arrow().schema
+            except Exception:  # noqa: BLE001 - user code that needs data: its tables are checked at write time
+                continue
         out += [(p, name, schema) for name in names]
     return out
 

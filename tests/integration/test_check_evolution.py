@@ -142,3 +142,20 @@ def test_tables_written_by_the_real_landing_and_aggregation_pass_unchanged(tmp_p
     rt.bus.close()
     assert {"clicks", "counts_1m"} <= set(rt.lake.list_tables())
     assert deployed_problems(catalog, f"file://{tmp_path}/lake", f"file://{tmp_path}/bus") == []
+
+
+def test_a_stateless_processor_whose_output_changes_type_is_refused(tmp_path: Path) -> None:
+    root = project(tmp_path, OLD_FIELDS)
+    with (root / "proj" / "decl.py").open("a") as decl:
+        decl.write(textwrap.dedent('''
+        import polars as pl
+
+        @keel.processor(page_views, into=keel.table("prices"))
+        def prices(batch):
+            return batch.select("user_id", pl.col("price").cast(pl.Utf8).alias("price"))
+        '''))
+    lake = open_lake(f"file://{root}/.keel/lake")
+    lake.create_table("prices", pa.schema([("user_id", pa.string()), ("price", pa.int64())]))
+    found = problems(root)
+    assert len(found) == 1 and "processor 'prices'" in found[0], found
+    assert "changes field 'price' from int64 to string" in found[0]
