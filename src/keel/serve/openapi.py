@@ -55,6 +55,9 @@ def _date_time_formats(struct: type, schema: dict[str, Any]) -> None:
             for alt in prop.get("anyOf", [prop]):
                 if alt.get("type") == "string":
                     alt["format"] = "date-time"
+                    if f.encode_name == "ts":  # the window around the ack time has no JSON Schema keyword
+                        alt["description"] = ("event time: from 1900-01-01 to before 2200-01-01, and within the "
+                                              "stream's max_future (default 1 day) ahead of the ack time")
 
 
 def openapi_document(catalog: Catalog) -> dict[str, Any]:
