@@ -4,6 +4,7 @@ empty results said in words, help without type noise, and the documented exit co
 
 from __future__ import annotations
 
+import io
 import os
 import subprocess
 import sys
@@ -11,7 +12,9 @@ from pathlib import Path
 
 import pyarrow as pa
 import pytest
+from rich.console import Console
 
+from keel._console import print_rows
 from keel.bus.base import HEADERS_TYPE, dlq_name
 from keel.runtime import Runtime
 from keel.serve.ingest import parse_events, to_batch
@@ -150,3 +153,55 @@ def test_usage_errors_exit_2(shop: Path, args: list[str]) -> None:
     r = keel(*args, "-p", str(shop))
     assert r.returncode == 2, r.stdout + r.stderr
     assert "Traceback" not in r.stderr and "Usage:" in r.stderr
+
+
+def test_a_reader_that_stops_early_is_not_a_bug(shop: Path) -> None:
+    # `keel sql ... | head -1`: 100,000 rows are far more than a pipe holds, so keel is still writing
+    # when the reader goes away
+    proc = subprocess.Popen([sys.executable, "-m", "keel.cli", "sql", "select range as n from range(100000)",
+                             "--format", "csv", "-p", str(shop)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            env={**os.environ, "COLUMNS": str(WIDTH)})
+    assert proc.stdout is not None and proc.stderr is not None
+    assert proc.stdout.readline().strip() == b'"n"'
+    proc.stdout.close()
+    stderr = proc.stderr.read().decode()
+    assert proc.wait(timeout=60) != 0
+    assert "bug" not in stderr and "Traceback" not in stderr, stderr
+
+
+def render(rows: list[dict[str, object]], title: str) -> str:
+    console = Console(width=WIDTH, file=io.StringIO(), color_system=None)
+    print_rows(rows, title, console)
+    assert isinstance(console.file, io.StringIO)
+    return console.file.getvalue()
+
+
+def test_a_table_that_fits_when_wrapped_wraps_between_words() -> None:
+    lag = "land_page_views=0, trending=12, recent_items=3, co_views=0, similar_items=7, item_views=1"
+    text = render([{"stream": "page_views", "partitions": 2, "records": 123456, "lag per group": lag,
+                    "dead letters": 0}] * 2, "streams")
+    assert_fits(text)
+    assert "┃ stream" in text  # still a table
+    cells = " ".join(line.split("│")[4].strip() for line in text.splitlines() if line.startswith("│"))
+    assert " ".join(lag.split()) in cells  # every word whole, in order
+    assert cells.count("123456") == 0 and text.count("123456") == 2
+
+
+def test_a_table_whose_words_cannot_fit_side_by_side_is_shown_one_block_per_row() -> None:
+    rows = [{f"column_with_a_long_name_{i}": f"value-{i}-of-row-{r}-that-is-long" for i in range(4)} for r in range(2)]
+    text = render(rows, "result")
+    assert_fits(text)
+    assert "result 1" in text and "result 2" in text
+    for r in range(2):
+        for i in range(4):
+            assert f"value-{i}-of-row-{r}-that-is-long" in text and f"column_with_a_long_name_{i}" in text
+
+
+def test_a_long_word_keeps_its_width_and_the_wrappable_column_wraps() -> None:
+    ident = "checkout-service-key-0123456789abcdef01234567"
+    note = "created for the checkout service in the spring; rotate it with the next release of the service"
+    text = render([{"id": ident, "note": note, "rate": 1000}], "keys")
+    assert_fits(text)
+    assert "┃ id" in text and ident in text  # a table, the identifier on one line
+    notes = " ".join(line.split("│")[2].strip() for line in text.splitlines() if line.startswith("│"))
+    assert notes.split() == note.split()
