@@ -8,6 +8,7 @@ import io
 import os
 import subprocess
 import sys
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import pyarrow as pa
@@ -169,9 +170,9 @@ def test_a_reader_that_stops_early_is_not_a_bug(shop: Path) -> None:
     assert "bug" not in stderr and "Traceback" not in stderr, stderr
 
 
-def render(rows: list[dict[str, object]], title: str) -> str:
+def render(rows: Sequence[Mapping[str, object]], title: str) -> str:
     console = Console(width=WIDTH, file=io.StringIO(), color_system=None)
-    print_rows(rows, title, console)
+    print_rows([dict(r) for r in rows], title, console)
     assert isinstance(console.file, io.StringIO)
     return console.file.getvalue()
 
