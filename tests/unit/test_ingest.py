@@ -150,3 +150,18 @@ def test_the_declaration_takes_durations_and_refuses_nonsense() -> None:
     sized = Stream(name="s", schema=Purchase, max_event_bytes=60)
     assert bounded(sized, b'[{"user_id":"u","item_id":"i","price":1},{"user_id":"u","item_id":"%s","price":1}]'
                    % (b"x" * 40)) == [(1, "item_id")]
+
+
+def test_an_event_time_without_offset_is_utc_whatever_the_servers_zone(monkeypatch: pytest.MonkeyPatch) -> None:
+    """As the processors read it: the bus timestamp and the bounds must not move with the server's TZ."""
+    import time
+
+    monkeypatch.setenv("TZ", "America/New_York")
+    time.tzset()
+    try:
+        events = parse_events(Purchase, b'{"user_id":"u","item_id":"i","price":1,"ts":"2024-05-01T10:00:00"}', False)
+        stamps = to_batch(events, None, 1)[0].column("timestamp").cast(pa.int64()).to_pylist()
+    finally:
+        monkeypatch.delenv("TZ")
+        time.tzset()
+    assert stamps == [1714557600000]  # 2024-05-01T10:00:00Z

@@ -185,7 +185,12 @@ def _timestamps(events: list[Event], now_ms: int) -> pa.Array:
     stamps = list(map(attrgetter("ts"), events))
     if stamps.count(None) == len(stamps):
         return pa.array(np.full(len(stamps), now_ms, dtype=np.int64)).view(TIMESTAMP_TYPE)
-    return pa.array([now_ms if t is None else int(t.timestamp() * 1000) for t in stamps], TIMESTAMP_TYPE)
+    return pa.array([now_ms if t is None else _ms(t) for t in stamps], TIMESTAMP_TYPE)
+
+
+def _ms(t: datetime) -> int:
+    """Epoch ms of an event time; one without an offset is UTC, as the processors read it (not local time)."""
+    return int((t if t.tzinfo is not None else t.replace(tzinfo=UTC)).timestamp() * 1000)
 
 
 @dataclass(frozen=True)
