@@ -51,31 +51,44 @@ local function at_least(a, b)
   end
   return true
 end
-local written = 0
+local version_keys = {}
+for i = 2, #KEYS, 2 do version_keys[#version_keys + 1] = KEYS[i] end
+local stored = redis.call('MGET', unpack(version_keys))
+local written, latest, plain = 0, {}, {}
 for i = 1, #KEYS, 2 do
-  local old = redis.call('GET', KEYS[i + 1])
-  if not old or redis.call('EXISTS', KEYS[i]) == 0 or at_least(ARGV[i + 1], old) then
+  local key, version_key, version = KEYS[i], KEYS[i + 1], ARGV[i + 1]
+  local old = latest[version_key]
+  if old == nil then
+    old = stored[(i + 1) / 2]
+    if old and redis.call('EXISTS', key) == 0 then old = false end
+  end
+  if not old or at_least(version, old) then
     if px > 0 then
-      redis.call('SET', KEYS[i], ARGV[i + 2], 'PX', px)
-      redis.call('SET', KEYS[i + 1], ARGV[i + 1], 'PX', px)
+      redis.call('SET', key, ARGV[i + 2], 'PX', px)
+      redis.call('SET', version_key, version, 'PX', px)
     else
-      redis.call('SET', KEYS[i], ARGV[i + 2])
-      redis.call('SET', KEYS[i + 1], ARGV[i + 1])
+      plain[#plain + 1] = key; plain[#plain + 1] = ARGV[i + 2]
+      plain[#plain + 1] = version_key; plain[#plain + 1] = version
     end
+    latest[version_key] = version
     written = written + 1
   end
 end
+if #plain > 0 then redis.call('MSET', unpack(plain)) end
 return written
 """
 
 # KEYS: value key, version key, ...; ARGV[1]: ttl in ms ("0" = none); ARGV[k + 1]: value of KEYS[2k - 1].
 _PUT_LUA = """
 local px = tonumber(ARGV[1])
+local values, version_keys = {}, {}
 for i = 1, #KEYS, 2 do
   if px > 0 then redis.call('SET', KEYS[i], ARGV[(i + 1) / 2 + 1], 'PX', px)
-  else redis.call('SET', KEYS[i], ARGV[(i + 1) / 2 + 1]) end
-  redis.call('DEL', KEYS[i + 1])
+  else values[#values + 1] = KEYS[i]; values[#values + 1] = ARGV[(i + 1) / 2 + 1] end
+  version_keys[#version_keys + 1] = KEYS[i + 1]
 end
+if #values > 0 then redis.call('MSET', unpack(values)) end
+redis.call('DEL', unpack(version_keys))
 return 0
 """
 
