@@ -112,3 +112,43 @@ def test_a_replay_on_the_real_bus_stops_at_the_end_offsets_taken_at_its_start(la
     described = {p.partition: p.end_offset for p in rt.bus.describe("clicks").partitions}
     assert result.end_offsets == described and result.records == 120
     assert event_ids(rt) == sorted(landed.ids)
+
+
+def test_a_time_start_skips_partitions_with_nothing_after_it_and_reads_the_others_to_the_end(tmp_path: Any) -> None:
+    import json
+    from datetime import UTC, datetime
+
+    import keel
+    from keel.bus.base import StreamConfig
+    from keel.catalog import collecting
+    from tests.unit.test_stream_runner import Click, engines
+
+    with collecting():
+        clicks = keel.stream("clicks", Click, key="user_id", partitions=2)
+
+        @keel.processor(clicks, into=keel.view("last_item"))
+        def last_item(batch):  # type: ignore[no-untyped-def]
+            return batch.select("user_id", "item_id")
+    rt = engines(tmp_path, ["last_item"])
+    rt.bus.create_stream(StreamConfig("clicks", 2))
+    old, new = datetime(2020, 1, 1, tzinfo=UTC), datetime(2030, 1, 1, tzinfo=UTC)
+
+    def send(users: list[str], item: str, when: datetime) -> Any:
+        values = [json.dumps({"user_id": u, "item_id": item}).encode() for u in users]
+        return rt.bus.produce("clicks", pa.table({
+            "key": pa.array([u.encode() for u in users], pa.binary()), "value": pa.array(values, pa.binary()),
+            "timestamp": pa.array([when] * len(users), pa.timestamp("ms", tz="UTC"))}))
+
+    users = [f"u{i}" for i in range(20)]
+    placed = send(users, "old", old).partitions.tolist()
+    in_p0 = [u for u, p in zip(users, placed) if p == 0]
+    assert in_p0 and len(in_p0) < len(users)  # partition 1 holds only old records
+    send(in_p0, "new", new)
+    rt.catalog = SimpleNamespace(processors={"last_item": last_item})
+    slow = SimpleNamespace(**vars(rt))
+    slow.bus = SlowBus(rt.bus, empty=3, chunk=4)
+    result = replay(slow, "last_item", from_time=datetime(2025, 1, 1, tzinfo=UTC), clock=Ticks(), stall_seconds=30)
+    assert result.records == len(in_p0)
+    assert {u: rt.views.get("last_item", u)["item_id"] for u in in_p0} == {u: "new" for u in in_p0}
+    rt.bus.close()
+    rt.kv.close()
