@@ -6,8 +6,8 @@ offsets at the moment the replay begins, with a private consumer group and priva
 
 * **the end is checked, not guessed.** The replay reads every partition up to its end offset taken
   at the start, however slowly the bus delivers; a partition that delivers nothing for
-  `stall_seconds` stops the replay with an error naming it and how far it got, before anything is
-  overwritten or moved. (A time start takes a partition whose last record is older than the time as
+  `stall_seconds` stops the replay with an error naming it and how far it got, before any table is
+  replaced or the position moved (views may have had upserts by then, which never regress). (A time start takes a partition whose last record is older than the time as
   having nothing to replay: record timestamps are taken as non-decreasing within a partition.)
 * **lake tables are rebuilt whole, by overwrite.** The replayed rows are written to a scratch lake
   (a local folder in the project's state directory) and, once the replay has reached its end, each
@@ -182,7 +182,8 @@ class _Reader:
                 raise BackendError(
                     f"replay of {self.processor} stopped: the bus delivered nothing for {self.stall_seconds:.0f} s "
                     f"before the end offsets taken at the start ({behind or 'probing the last records'}); "
-                    f"nothing was overwritten: check the bus, then run the replay again")
+                    f"nothing was overwritten (no table replaced, the processor's position unmoved; views only "
+                    f"got versioned upserts, which never regress): check the bus, then run the replay again")
 
 
 def _swap_in(lake: Any, scratch: Any, table: str) -> int:
