@@ -7,7 +7,9 @@ SQLite file; a production engine hands the same tasks to Airflow. Both honour th
 Contract:
 * Times are UTC. Cron expressions are the 5-field kind (``"0 3 * * *"``) or a preset such as
   ``"@daily"``, read in UTC. A *logical date* is the scheduled time a run is for (tz-aware UTC);
-  a task's ``run`` callable receives it, so re-running a date recomputes the same period.
+  a task's ``run`` callable receives it, so re-running a date recomputes the same period. ``run``
+  may be called several times for one date (retries, ``trigger``, ``backfill``), so it must replace
+  what it wrote for that date rather than add to it (keel's job runner replaces the output table).
 * A task succeeds when ``run`` returns; anything it raises is a failure recorded on the run as
   ``"<ExceptionType>: <message>"`` and never escapes the scheduler. After a failure it is retried
   ``retries`` more times, waiting ``retry_delay`` seconds, doubled after each attempt.
