@@ -7,8 +7,8 @@ buffers (profiling showed `to_pylist` joins and `map_lookup` dominating the deco
 
 Poison records. Any producer may write to a stream, so a value may not be a JSON object of the
 schema (not JSON, not UTF-8, empty, an array, a field missing or of the wrong type), or its event
-time may be unusable (outside the years 1-9999, or further ahead of the record's bus timestamp
-than the stream allows, which would drag the watermark into the future). `decode_records` never
+time may be outside the stream's bounds (`TimeBounds`: the same the gateway applies at ingest; an
+event far ahead of its record's bus timestamp would drag the watermark into the future). `decode_records` never
 raises for such records: the fast path parses the whole batch in one call, as above; only when
 that fails is the batch bisected (Arrow again, so a record is good exactly when the fast path
 would take it) down to the failing records, each returned with the reason it failed, for the
@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 
 import msgspec
 import numpy as np
@@ -27,6 +28,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.json as pj
 
+from keel import declare
 from keel.declare import seconds
 from keel.schema import (
     EVENT_DATE,
@@ -38,12 +40,14 @@ from keel.schema import (
     value_schema,
 )
 
-# How far an event time may be ahead of its record's bus timestamp, unless the stream declares
-# its own bound (the gateway refuses such events at ingest; other producers exist).
-MAX_FUTURE_SECONDS = 86_400.0
 # Event times every reader of the lake can hold (Python datetime, Spark, Delta): years 1 to 9999.
 EARLIEST_US = -62_135_596_800_000_000  # 0001-01-01T00:00:00Z
 LATEST_US = 253_402_300_799_999_999  # 9999-12-31T23:59:59.999999Z
+# The bounds a stream declares (`keel.stream(max_future=, max_past=)`, which the gateway applies at
+# ingest) are applied to every record here too, because other producers exist; these are the
+# defaults for a stream object that declares none.
+MAX_FUTURE_SECONDS = 86_400.0
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _BLOCK = 1 << 20
 _SMALL = 8  # a failing segment this short is checked record by record instead of halved again
 
@@ -83,11 +87,30 @@ def _ndjson(values: pa.Array) -> pa.Buffer:
     return joined.buffers()[2].slice(int(start), int(end - start))
 
 
-def max_future_seconds(stream: object) -> float:
-    """How far ahead of its bus timestamp an event time of `stream` may be: the stream's own
-    declared bound (``max_future``, a duration) when it has one, else `MAX_FUTURE_SECONDS`."""
-    declared = seconds(getattr(stream, "max_future", None))
-    return MAX_FUTURE_SECONDS if declared is None else declared
+@dataclass(frozen=True)
+class TimeBounds:
+    """The event times a stream takes: within [earliest_us, latest_us], and at most `max_future`
+    seconds ahead of / `max_past` behind the record's bus timestamp (None: no bound that way)."""
+
+    max_future: float | None = MAX_FUTURE_SECONDS
+    max_past: float | None = None
+    earliest_us: int = EARLIEST_US
+    latest_us: int = LATEST_US
+
+
+def time_bounds(stream: object) -> TimeBounds:
+    """The bounds `stream` declares (those the gateway applies at ingest, see `keel.declare.Stream`)."""
+    earliest = getattr(declare, "EARLIEST_EVENT_TIME", None)
+    latest = getattr(declare, "LATEST_EVENT_TIME", None)  # exclusive
+    return TimeBounds(
+        max_future=seconds(getattr(stream, "max_future", MAX_FUTURE_SECONDS)),
+        max_past=seconds(getattr(stream, "max_past", None)),
+        earliest_us=max(EARLIEST_US, _us(earliest)) if earliest is not None else EARLIEST_US,
+        latest_us=min(LATEST_US, _us(latest) - 1) if latest is not None else LATEST_US)
+
+
+def _us(when: datetime) -> int:
+    return (when - _EPOCH) // timedelta(microseconds=1)
 
 
 def _block_size(values: pa.Array) -> int:
@@ -122,8 +145,7 @@ class Decoded:
     bad: list[tuple[int, str]]  # (index in the batch, reason) of every other record, ascending
 
 
-def decode_records(batch: pa.RecordBatch, schema: type[Event],
-                   max_future_seconds: float = MAX_FUTURE_SECONDS) -> Decoded:
+def decode_records(batch: pa.RecordBatch, schema: type[Event], bounds: TimeBounds = TimeBounds()) -> Decoded:
     """Decode a RECORD_SCHEMA batch; records that cannot be used come back in `bad`, never raised."""
     values = batch.column("value")
     rows = np.arange(batch.num_rows, dtype=np.int64)
@@ -136,7 +158,7 @@ def decode_records(batch: pa.RecordBatch, schema: type[Event],
         parsed = (pa.concat_tables([t for _, t in pieces]) if pieces else value_schema(schema).empty_table())
         batch = batch.take(pa.array(rows))
     events = _lake_rows(batch, parsed, schema)
-    out_of_bounds = _check_times(events, batch, max_future_seconds)
+    out_of_bounds = _check_times(events, batch, bounds)
     if out_of_bounds:
         keep = np.ones(len(rows), dtype=bool)
         for i, reason in out_of_bounds:
@@ -189,25 +211,32 @@ def reason(raw: bytes, schema: type[Event], exc: Exception) -> str:
     return f"not a valid {name}: " + re.sub(r" in row \d+$", "", str(exc).removeprefix("JSON parse error: "))
 
 
-def _check_times(events: pl.DataFrame, batch: pa.RecordBatch, max_future_seconds: float) -> list[tuple[int, str]]:
-    """(index in `events`, reason) of each event whose time is unusable (see the module docstring)."""
+def _check_times(events: pl.DataFrame, batch: pa.RecordBatch, bounds: TimeBounds) -> list[tuple[int, str]]:
+    """(index in `events`, reason) of each event whose time is outside `bounds` (vectorized; a
+    reason is built for the few outside only)."""
     if events.height == 0:
         return []
     t = events.get_column(EVENT_TIME).dt.epoch("us").to_numpy()
     bus = _bus_time_us(batch).cast(pa.int64()).to_numpy(zero_copy_only=False)
-    ahead = t - bus > int(max_future_seconds * 1_000_000)
-    outside = (t < EARLIEST_US) | (t > LATEST_US)
-    if not (ahead.any() or outside.any()):
+    outside = (t < bounds.earliest_us) | (t > bounds.latest_us)
+    ahead = (t - bus > int(bounds.max_future * 1e6)) if bounds.max_future is not None else np.zeros(len(t), bool)
+    behind = (bus - t > int(bounds.max_past * 1e6)) if bounds.max_past is not None else np.zeros(len(t), bool)
+    bad = outside | ahead | behind
+    if not bad.any():
         return []
     out = []
-    for i in np.flatnonzero(ahead | outside).tolist():
-        when = np.datetime64(int(t[i]), "us")
+    for i in np.flatnonzero(bad).tolist():
+        when, stamp = f"{np.datetime64(int(t[i]), 'us')}Z", f"{np.datetime64(int(bus[i]), 'us')}Z"
         if outside[i]:
-            out.append((i, f"event time {when} is outside the years 1-9999: no lake reader can hold it"))
+            first, last = np.datetime64(bounds.earliest_us, "us"), np.datetime64(bounds.latest_us, "us")
+            out.append((i, f"event time {when} is outside the event times a stream takes ({first}Z to {last}Z)"))
+        elif ahead[i]:
+            out.append((i, f"event time {when} is more than {bounds.max_future:g} s ahead of the record's bus "
+                           f"timestamp {stamp}, the stream's max_future (a producer's clock or ts field is wrong? "
+                           "an event from the future would move the watermark past every other event)"))
         else:
-            out.append((i, f"event time {when}Z is more than {max_future_seconds:g} s ahead of the record's "
-                           f"bus timestamp {np.datetime64(int(bus[i]), 'us')}Z (a producer's clock or ts field "
-                           "is wrong; an event from the future would move the watermark past every other event)"))
+            out.append((i, f"event time {when} is more than {bounds.max_past:g} s behind the record's bus "
+                           f"timestamp {stamp}, the stream's max_past"))
     return out
 
 

@@ -44,7 +44,7 @@ from keel.streaming.checkpoint import (
     save_unit,
     unit_pointer,
 )
-from keel.streaming.decode import decode_records, max_future_seconds
+from keel.streaming.decode import decode_records, time_bounds
 from keel.streaming.sessions import SessionState
 from keel.streaming.sinks import (
     empty_view_rows,
@@ -221,7 +221,7 @@ class StatefulEngine:
     def process(self, batch: Any) -> int:
         parts = batch.column("partition").to_numpy()
         offs = batch.column("offset").to_numpy()
-        decoded = decode_records(batch, self.decl.stream.schema, max_future_seconds(self.decl.stream))
+        decoded = decode_records(batch, self.decl.stream.schema, time_bounds(self.decl.stream))
         self.r.dead_letter(batch, decoded.bad, stage="decode")
         events, good = decoded.events, decoded.rows
         overflow = self.op.unrepresentable(events)

@@ -31,7 +31,7 @@ import pyarrow as pa
 
 from keel.declare import Processor, Table, View
 from keel.schema import table_schema
-from keel.streaming.decode import decode_records, max_future_seconds
+from keel.streaming.decode import decode_records, time_bounds
 from keel.streaming.sinks import keyed_view_rows, write_view_rows
 
 if TYPE_CHECKING:
@@ -153,7 +153,7 @@ class StatelessEngine:
             parts, offs = parts[keep], offs[keep]
         if batch.num_rows == 0:
             return 0
-        decoded = decode_records(batch, self.decl.stream.schema, max_future_seconds(self.decl.stream))
+        decoded = decode_records(batch, self.decl.stream.schema, time_bounds(self.decl.stream))
         self.r.dead_letter(batch, decoded.bad, stage="decode")
         dead = {int(p) for p in parts[[i for i, _ in decoded.bad]].tolist()} if decoded.bad else set()
         events, good = decoded.events, decoded.rows
