@@ -1,4 +1,5 @@
-"""Key file updates from concurrent processes: no created key is lost, no revoked key comes back.
+"""Key file updates from concurrent processes: no created key is lost, no revoked key comes back;
+and a write that fails leaves the old file whole.
 
 `keel keys create` and `keel keys revoke` are separate processes that each read, change and rewrite
 keys.json; without a lock around that, one rewrites the file from a copy read before the other's
@@ -73,3 +74,34 @@ def test_concurrent_creates_and_revokes_lose_nothing_and_resurrect_nothing(tmp_p
     resurrected = {k for k in revoked if k in stored and stored[k].revoked is None}
     assert (lost, resurrected) == (set(), set())
     assert all(stored[k].revoked is None for k in created - revoked)
+
+
+def _create_until_the_file_limit(state_dir: str, out: str) -> None:
+    import resource
+    import signal
+
+    from keel.errors import KeelError
+
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails (EFBIG) instead of killing
+    resource.setrlimit(resource.RLIMIT_FSIZE, (1500, 1500))  # files of at most 1500 bytes: a few keys
+    made, error = [], ""
+    for i in range(50):
+        try:
+            made.append(create_key(Path(state_dir), f"k{i}", ["admin"])[0].id)
+        except KeelError as exc:
+            error = str(exc)
+            break
+    Path(out).write_text(json.dumps([made, error[:1000]]))  # under the limit
+
+
+def test_a_key_file_write_that_fails_keeps_the_old_file_and_says_why(tmp_path: Path) -> None:
+    """A disk that fills (here: a file size limit) must not leave a truncated keys.json, losing every key."""
+    ctx = mp.get_context("spawn")
+    p = ctx.Process(target=_create_until_the_file_limit, args=(str(tmp_path / "state"), str(tmp_path / "out.json")))
+    p.start()
+    p.join(120)
+    assert p.exitcode == 0
+    made, error = json.loads((tmp_path / "out.json").read_text())
+    assert len(made) >= 2 and "keys.json" in error and "could not" in error
+    assert [r.id for r in list_keys(tmp_path / "state")] == made  # the file before the failed write
+    assert [f.name for f in (tmp_path / "state").iterdir() if f.suffix == ".tmp"] == []

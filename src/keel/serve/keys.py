@@ -40,7 +40,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
-from keel.errors import ConfigError, NotFoundError
+from keel.errors import BackendError, ConfigError, NotFoundError
 from keel.experiments.exposures import EXPOSURES
 
 KEYS_FILE = "keys.json"
@@ -131,19 +131,27 @@ def _locked(path: Path) -> Iterator[list[KeyRecord]]:
 
 
 def _save(path: Path, records: list[KeyRecord]) -> None:
-    """Replace the key file atomically and durably: temp file, fsync, rename, fsync of the directory."""
+    """Replace the key file atomically and durably: temp file, fsync, rename, fsync of the directory.
+    A write that fails (a full disk) leaves the old file as it was and no temp file behind."""
     data = json.dumps({"keys": [asdict(r) for r in records]}, indent=2).encode()
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".keys-", suffix=".tmp")
     try:
-        os.fchmod(fd, 0o600)
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".keys-", suffix=".tmp")
+        try:
+            with open(fd, "wb") as f:  # write() of a file object loops over short writes; os.write does not
+                os.fchmod(f.fileno(), 0o600)
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+    except OSError as exc:
+        raise BackendError(f"could not write {path} ({exc.strerror or exc}); the keys are as they were before "
+                           "this command: free disk space (or fix the permissions) and run it again") from exc
     dir_fd = os.open(path.parent, os.O_RDONLY)
     try:
-        os.fsync(dir_fd)
+        os.fsync(dir_fd)  # the rename itself survives a power cut only once the directory is synced
     finally:
         os.close(dir_fd)
 
