@@ -19,7 +19,8 @@ A consumer with pinned partitions joins no assignment; it takes a partition's le
 commits it, and ``commit`` raises ConflictError while another member owns the partition.
 
 Committing writes a temp file, fsyncs it, renames it over the old one and fsyncs the directory, so
-a crash leaves either the old or the new offset, never a torn one.
+a crash leaves either the old or the new offset, never a torn one. A commit that fails (a full
+disk) raises BackendError and changes nothing; the bus goes on.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ import os
 import time
 import uuid
 import zlib
+from contextlib import suppress
 from pathlib import Path
 
 from keel.bus._log import Health
@@ -159,30 +161,28 @@ class GroupMember:
                 "not commit it; give each consumer its own partitions (or let the group assign them)"
             )
         offsets = self.dir / "offsets"
-        offsets.mkdir(parents=True, exist_ok=True)
         final = offsets / str(partition)
         tmp = offsets / f".{partition}.{uuid.uuid4().hex}.tmp"
+        # An fsync error here is a BackendError, not the bus-wide fail-stop of the log (`Health`): no
+        # record depends on it. The temp file is dropped, and a rename whose directory fsync failed
+        # leaves the old or the new offset, both safe (a group re-reads from an older one at worst).
+        data = _encode(offset)
         try:
+            offsets.mkdir(parents=True, exist_ok=True)
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
             try:
-                os.write(fd, _encode(offset))
-                self._fsync(fd, tmp)
+                if os.write(fd, data) != len(data):
+                    raise OSError(f"short write to {tmp} (disk full?)")
+                os.fsync(fd)
             finally:
                 os.close(fd)
             os.replace(tmp, final)
-            try:
-                fsync_dir(offsets)
-            except OSError as exc:
-                raise self.health.fail(f"fsync of directory {offsets} after committing an offset", exc) from exc
+            fsync_dir(offsets)
         except OSError as exc:
-            tmp.unlink(missing_ok=True)
-            raise BackendError(f"{self.where(partition)}: could not commit offset {offset} ({exc}); fix the disk and commit again") from exc
-
-    def _fsync(self, fd: int, path: Path) -> None:
-        try:
-            os.fsync(fd)
-        except OSError as exc:
-            raise self.health.fail(f"fsync of {path}", exc) from exc
+            with suppress(OSError):
+                tmp.unlink(missing_ok=True)
+            raise BackendError(f"{self.where(partition)}: could not commit offset {offset} ({exc}); free disk space "
+                               "or fix the disk: the next commit retries") from exc
 
     def close(self) -> None:
         for partition in list(self._leases):

@@ -9,6 +9,7 @@
   the kernel's boot id), when recovery rebuilds it from the segments. Each field is one aligned
   int64, written and read whole through numpy, so readers never see half of a value; the three
   ``written`` fields carry a check word because the appender may die between updating them.
+  Its blocks are allocated before it is mapped, so no store into it can fault (SIGBUS) on a full disk.
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ from pathlib import Path
 from typing import Self
 
 import numpy as np
+
+from keel.errors import BackendError
 
 _PAGE = 4096
 _MAGIC = 0x4B4C425354415431  # "KLBSTAT1"
@@ -53,13 +56,18 @@ class SharedState:
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
-            if os.fstat(fd).st_size < _PAGE:
-                os.ftruncate(fd, _PAGE)
-            self._map = mmap.mmap(fd, _PAGE)
-        finally:
-            os.close(fd)
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                # Blocks first, then the mapping: a store into a mapped page that the file system
+                # cannot back (a hole on a full disk) is SIGBUS, which kills the process.
+                os.posix_fallocate(fd, 0, _PAGE)
+                self._map = mmap.mmap(fd, _PAGE)
+            finally:
+                os.close(fd)
+        except OSError as exc:
+            raise BackendError(f"cannot open the bus state page {path} ({exc}); free disk space or fix the "
+                               "disk, then try again") from exc
         self._v = np.frombuffer(self._map, dtype=np.int64, count=16)
 
     def valid(self) -> bool:

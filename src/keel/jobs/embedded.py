@@ -18,7 +18,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, cast
@@ -184,11 +184,17 @@ class EmbeddedScheduler:
         A failing tick (e.g. the state file is briefly locked by another process) is logged and
         retried at the next poll; task failures are recorded on their runs, never raised here.
         """
+        failing = False
         while not stop.is_set():
             try:
                 self.tick(self._clock())
-            except BackendError:
-                log.exception("scheduler tick failed; retrying in %.1fs", poll_seconds)
+            except BackendError as exc:  # its message says what to do: one line, no traceback
+                log.warning("scheduler tick failed; retrying every %.1fs: %s", poll_seconds, exc)
+                failing = True
+            else:
+                if failing:
+                    log.warning("scheduler ticks again")
+                failing = False
             stop.wait(poll_seconds)
 
     def close(self) -> None:
@@ -306,15 +312,18 @@ class EmbeddedScheduler:
             self._db.execute("BEGIN IMMEDIATE")
             try:
                 yield self._db
+                self._db.execute("COMMIT")
             except BaseException:
-                self._db.execute("ROLLBACK")
+                # a failed COMMIT (e.g. SQLITE_FULL) may leave the transaction open: end it, or every
+                # later BEGIN fails even once the disk has room again
+                if self._db.in_transaction:
+                    with suppress(sqlite3.Error):
+                        self._db.execute("ROLLBACK")
                 raise
-            self._db.execute("COMMIT")
         except sqlite3.Error as exc:
-            raise BackendError(
-                f"writing the scheduler state {self.state_path} failed: {exc}; "
-                "if another process holds it for long, stop that process"
-            ) from exc
+            hint = ("free disk space; the scheduler retries by itself" if exc.sqlite_errorcode & 0xFF == sqlite3.SQLITE_FULL
+                    else "if another process holds it for long, stop that process")
+            raise BackendError(f"writing the scheduler state {self.state_path} failed: {exc}; {hint}") from exc
 
 
 # -- helpers ---------------------------------------------------------------------------------------
