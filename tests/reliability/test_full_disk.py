@@ -18,10 +18,12 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pyarrow as pa
 import pytest
 
 from keel.bus import StreamConfig
 from keel.bus.file import FileBus
+from keel.errors import BackendError, DurabilityError
 from keel.platform import Platform, free_port
 from keel.project import copy_example
 from keel.runtime import Runtime
@@ -90,6 +92,57 @@ def test_opening_a_partition_on_a_full_disk_is_an_error_not_sigbus(disks: Callab
     disk.free()  # with room again it opens, and nothing is wrong with the stream
     bus = FileBus(disk.path / "bus")
     assert [p.end_offset for p in bus.describe("clicks").partitions] == [0, 0, 0, 0]
+    bus.close()
+
+
+def clicks(n: int) -> pa.RecordBatch:
+    return pa.record_batch({"key": pa.array([b"k"] * n), "value": pa.array([b"v%d" % i for i in range(n)])})
+
+
+def test_an_offset_commit_on_a_full_disk_fails_alone_and_works_once_space_returns(
+        disks: Callable[[str, str], Disk]) -> None:
+    disk = disks("bus", "4m")
+    bus = FileBus(disk.path / "bus")
+    bus.create_stream(StreamConfig("clicks", 1))
+    bus.produce("clicks", clicks(10))
+    consumer = bus.consumer("clicks", "g")
+    consumer.commit({0: 3})
+    disk.fill()
+    with pytest.raises(BackendError, match="free disk space"):
+        consumer.commit({0: 7})
+    assert bus.describe("clicks").committed["g"] == {0: 3}  # the old offset holds
+    disk.free()
+    consumer.commit({0: 7})
+    assert bus.describe("clicks").committed["g"] == {0: 7}
+    consumer.close()
+    bus.close()
+
+
+def test_an_offset_commit_whose_fsync_fails_does_not_stop_the_bus(tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    # A full ext4/xfs disk can fail the fsync of a small file (delayed allocation). No acknowledged
+    # record depends on a group offset, so that must not stop the bus acknowledging (its fail-stop is
+    # for the log's own fsyncs).
+    bus = FileBus(tmp_path / "bus")
+    bus.create_stream(StreamConfig("clicks", 1))
+    bus.produce("clicks", clicks(5))
+    consumer = bus.consumer("clicks", "g")
+    real_fsync = os.fsync
+
+    def fsync(fd: int) -> None:
+        if "offsets" in os.readlink(f"/proc/self/fd/{fd}"):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    with pytest.raises(BackendError, match="could not commit offset 2") as caught:
+        consumer.commit({0: 2})
+    assert not isinstance(caught.value, DurabilityError)
+    assert bus.produce("clicks", clicks(3)).offsets.tolist() == [5, 6, 7]  # still acknowledging
+    monkeypatch.setattr(os, "fsync", real_fsync)
+    consumer.commit({0: 2})
+    assert bus.describe("clicks").committed["g"] == {0: 2}
+    consumer.close()
     bus.close()
 
 
