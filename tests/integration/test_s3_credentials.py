@@ -121,3 +121,15 @@ def test_renewed_credentials_replace_the_open_table_handles(s3_server: S3Server)
     assert lake._storage_options() == {**base, "AWS_ACCESS_KEY_ID": "second-key", "AWS_SECRET_ACCESS_KEY": "secret",
                                        "AWS_SESSION_TOKEN": "token-of-second-key"}
     assert lake.describe("visits").rows == 3
+
+
+class Expired:
+    def get_frozen_credentials(self) -> SimpleNamespace:
+        raise RuntimeError("Error when retrieving credentials from sts: Could not connect")
+
+
+def test_credentials_that_cannot_be_renewed_are_one_backend_error(s3_server: S3Server) -> None:
+    url = s3_server.url()
+    lake = DeltaLake(url, S3Storage({"AWS_ENDPOINT_URL": s3_server.endpoint}, Expired()), url)
+    with pytest.raises(BackendError, match="cannot renew the AWS credentials of the lake.*Could not connect"):
+        lake.list_tables()

@@ -59,8 +59,12 @@ class S3Storage:
     def options(self) -> dict[str, str]:
         if self._credentials is None:
             return self._base
-        with self._lock:
-            frozen = self._credentials.get_frozen_credentials()
+        try:
+            with self._lock:
+                frozen = self._credentials.get_frozen_credentials()
+        except Exception as exc:  # botocore's refresh failed (STS or the metadata service unreachable)
+            raise BackendError(f"cannot renew the AWS credentials of the lake ({exc}); check the profile, "
+                               f"the web identity token file and that STS is reachable") from exc
         options = {**self._base, "AWS_ACCESS_KEY_ID": frozen.access_key, "AWS_SECRET_ACCESS_KEY": frozen.secret_key}
         if frozen.token:
             options["AWS_SESSION_TOKEN"] = frozen.token

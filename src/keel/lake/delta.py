@@ -47,7 +47,8 @@ _COMMIT_ATTEMPTS = 8
 
 
 def open_delta_lake(url: str, **options: Any) -> DeltaLake:
-    """Open the lake at `url`. Options: `endpoint_url` (S3 API server), `env` (instead of os.environ)."""
+    """Open the lake at `url`. Options: `endpoint_url` (S3 API server), `env` (read instead of os.environ
+    for the AWS_* settings and keys; the credential chain used without keys reads the process's own)."""
     unknown = set(options) - {"endpoint_url", "env"}
     if unknown:
         raise ConfigError(f"unknown lake option(s) {sorted(unknown)}; the Delta lake takes endpoint_url and env")
