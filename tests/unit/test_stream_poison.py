@@ -50,6 +50,7 @@ class Record:
 def poison() -> list[Record]:
     """Every kind of bad record, between good ones, in one batch."""
     far = (BASE + timedelta(days=2)).isoformat()
+    soon = datetime.now(UTC) + timedelta(days=2)  # the stream's max_future is 1 day
     return [
         Record(good("u1", "a", 1)),
         Record(b"hello, not json", "not JSON"),
@@ -66,6 +67,8 @@ def poison() -> list[Record]:
         Record(json.dumps({"user_id": "u" * (3 * MB), "item_id": "c",
                            "ts": (BASE + timedelta(seconds=6)).isoformat()}).encode()),  # 3 MB, good
         Record(json.dumps({"user_id": "u6", "item_id": "a", "ts": far}).encode(), "ahead of the record's bus timestamp"),
+        Record(json.dumps({"user_id": "u6", "item_id": "a", "ts": soon.isoformat()}).encode(), "ahead of now",
+               timestamp_ms=int(soon.timestamp() * 1000)),  # its producer stamps records with their event time
         Record(b'{"user_id": "u7", "item_id": "a", "ts": "0000-06-01T00:00:00Z"}', "outside the event times"),
         Record(b'{"user_id": "u8", "item_id": "a"}', "outside the event times", timestamp_ms=10**15),  # bus time
         Record(good("u1", "b", 7)),
@@ -288,6 +291,10 @@ def test_event_times_outside_the_stream_bounds_are_refused_with_the_bound_named(
     assert "outside" in reasons[4] and "outside" in reasons[5]
     unbounded = decode_records(batch, Click, TimeBounds(max_future=None, earliest_us=0))
     assert unbounded.rows.tolist() == [0, 1, 2, 3, 5]
+    # stamped with their own event times, 59 s and 61 s after the processor's clock
+    stamped = records([at("2024-01-01T00:00:59Z"), at("2024-01-01T00:01:01Z")], [bus + 59_000, bus + 61_000])
+    decoded = decode_records(stamped, Click, bounds, now_us=bus * 1000)
+    assert decoded.rows.tolist() == [0] and "more than 60 s ahead of now" in dict(decoded.bad)[1]
 
 
 @pytest.mark.parametrize("window", ["tumbling", "session"])

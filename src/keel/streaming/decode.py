@@ -145,8 +145,13 @@ class Decoded:
     bad: list[tuple[int, str]]  # (index in the batch, reason) of every other record, ascending
 
 
-def decode_records(batch: pa.RecordBatch, schema: type[Event], bounds: TimeBounds = TimeBounds()) -> Decoded:
-    """Decode a RECORD_SCHEMA batch; records that cannot be used come back in `bad`, never raised."""
+def decode_records(batch: pa.RecordBatch, schema: type[Event], bounds: TimeBounds = TimeBounds(),
+                   now_us: int | None = None) -> Decoded:
+    """Decode a RECORD_SCHEMA batch; records that cannot be used come back in `bad`, never raised.
+
+    `now_us` (the processor's clock) also bounds event times ahead: a producer that stamps its
+    records with their event time (the gateway does, as Kafka Streams and Flink do) passes the check
+    against the bus timestamp, but not this one. Whatever the gateway accepted passes it later."""
     values = batch.column("value")
     rows = np.arange(batch.num_rows, dtype=np.int64)
     bad: list[tuple[int, str]] = []
@@ -158,7 +163,7 @@ def decode_records(batch: pa.RecordBatch, schema: type[Event], bounds: TimeBound
         parsed = (pa.concat_tables([t for _, t in pieces]) if pieces else value_schema(schema).empty_table())
         batch = batch.take(pa.array(rows))
     events = _lake_rows(batch, parsed, schema)
-    out_of_bounds = _check_times(events, batch, bounds)
+    out_of_bounds = _check_times(events, batch, bounds, now_us)
     if out_of_bounds:
         keep = np.ones(len(rows), dtype=bool)
         for i, reason in out_of_bounds:
@@ -211,7 +216,8 @@ def reason(raw: bytes, schema: type[Event], exc: Exception) -> str:
     return f"not a valid {name}: " + re.sub(r" in row \d+$", "", str(exc).removeprefix("JSON parse error: "))
 
 
-def _check_times(events: pl.DataFrame, batch: pa.RecordBatch, bounds: TimeBounds) -> list[tuple[int, str]]:
+def _check_times(events: pl.DataFrame, batch: pa.RecordBatch, bounds: TimeBounds,
+                 now_us: int | None) -> list[tuple[int, str]]:
     """(index in `events`, reason) of each event whose time is outside `bounds` (vectorized; a
     reason is built for the few outside only)."""
     if events.height == 0:
@@ -221,7 +227,9 @@ def _check_times(events: pl.DataFrame, batch: pa.RecordBatch, bounds: TimeBounds
     outside = (t < bounds.earliest_us) | (t > bounds.latest_us)
     ahead = (t - bus > int(bounds.max_future * 1e6)) if bounds.max_future is not None else np.zeros(len(t), bool)
     behind = (bus - t > int(bounds.max_past * 1e6)) if bounds.max_past is not None else np.zeros(len(t), bool)
-    bad = outside | ahead | behind
+    early = (t - now_us > int(bounds.max_future * 1e6)) if bounds.max_future is not None and now_us is not None \
+        else np.zeros(len(t), bool)
+    bad = outside | ahead | behind | early
     if not bad.any():
         return []
     out = []
@@ -234,6 +242,10 @@ def _check_times(events: pl.DataFrame, batch: pa.RecordBatch, bounds: TimeBounds
             out.append((i, f"event time {when} is more than {bounds.max_future:g} s ahead of the record's bus "
                            f"timestamp {stamp}, the stream's max_future (a producer's clock or ts field is wrong? "
                            "an event from the future would move the watermark past every other event)"))
+        elif early[i]:
+            out.append((i, f"event time {when} is more than {bounds.max_future:g} s ahead of now "
+                           f"({np.datetime64(now_us, 'us')}Z), the stream's max_future (a producer's clock or ts field is "
+                           "wrong? an event from the future would move the watermark past every other event)"))
         else:
             out.append((i, f"event time {when} is more than {bounds.max_past:g} s behind the record's bus "
                            f"timestamp {stamp}, the stream's max_past"))

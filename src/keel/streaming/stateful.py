@@ -221,7 +221,8 @@ class StatefulEngine:
     def process(self, batch: Any) -> int:
         parts = batch.column("partition").to_numpy()
         offs = batch.column("offset").to_numpy()
-        decoded = decode_records(batch, self.decl.stream.schema, time_bounds(self.decl.stream))
+        decoded = decode_records(batch, self.decl.stream.schema, time_bounds(self.decl.stream),
+                                 now_us=time.time_ns() // 1000)
         self.r.dead_letter(batch, decoded.bad, stage="decode")
         events, good = decoded.events, decoded.rows
         overflow = self.op.unrepresentable(events)

@@ -22,6 +22,7 @@ committed too, but only for `keel status`: the lake is the source of truth.
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -153,7 +154,8 @@ class StatelessEngine:
             parts, offs = parts[keep], offs[keep]
         if batch.num_rows == 0:
             return 0
-        decoded = decode_records(batch, self.decl.stream.schema, time_bounds(self.decl.stream))
+        decoded = decode_records(batch, self.decl.stream.schema, time_bounds(self.decl.stream),
+                                 now_us=time.time_ns() // 1000)
         self.r.dead_letter(batch, decoded.bad, stage="decode")
         dead = {int(p) for p in parts[[i for i, _ in decoded.bad]].tolist()} if decoded.bad else set()
         events, good = decoded.events, decoded.rows
