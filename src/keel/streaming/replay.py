@@ -150,6 +150,7 @@ class _Reader:
 
     def read(self, process: Callable[[pa.RecordBatch], Any], progress: Callable[[int], None] | None) -> int:
         records = 0
+        ends = pa.array([self.end.get(p, 0) for p in range(max(self.end, default=-1) + 1)], pa.int64())
 
         def take(batch: pa.RecordBatch) -> None:
             nonlocal records
@@ -158,7 +159,7 @@ class _Reader:
             for p, top in zip(tops.column("p").to_pylist(), tops.column("o_max").to_pylist()):
                 # past its end (records produced since the start) means the partition is done, gaps or not
                 self.seen[p] = max(self.seen[p], min(top, self.end[p] - 1))
-            limit = pa.array([self.end.get(p, 0) for p in parts.to_pylist()], pa.int64())
+            limit = pc.take(ends, parts)
             batch = batch.filter(pc.less(batch.column("offset"), limit))
             if batch.num_rows:
                 process(batch)
