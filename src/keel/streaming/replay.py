@@ -145,7 +145,7 @@ class _Reader:
         self._poll_until(lambda: partitions <= set(found), lambda batch: found.update(
             (p, ts) for p, o, ts in zip(batch.column("partition").to_pylist(), batch.column("offset").to_pylist(),
                                         batch.column("timestamp").cast(pa.int64()).to_pylist())
-            if o == self.end[p] - 1), None)
+            if o == self.end[p] - 1))
         return found
 
     def read(self, process: Callable[[pa.RecordBatch], Any], progress: Callable[[int], None] | None) -> int:
@@ -167,10 +167,10 @@ class _Reader:
                 if progress is not None:
                     progress(records)
 
-        self._poll_until(lambda: all(self.seen[p] >= self.end[p] - 1 for p in self.end), take, "replay")
+        self._poll_until(lambda: all(self.seen[p] >= self.end[p] - 1 for p in self.end), take)
         return records
 
-    def _poll_until(self, done: Callable[[], bool], take: Callable[[pa.RecordBatch], None], what: str | None) -> None:
+    def _poll_until(self, done: Callable[[], bool], take: Callable[[pa.RecordBatch], None]) -> None:
         moved = self.clock()
         while not done():
             batch = self.consumer.poll(50_000, 0.5)
