@@ -6,6 +6,7 @@ environment and the instance-metadata service disabled, so the only source is th
 
 from __future__ import annotations
 
+import sys
 import urllib.request
 import uuid
 from pathlib import Path
@@ -133,3 +134,18 @@ def test_credentials_that_cannot_be_renewed_are_one_backend_error(s3_server: S3S
     lake = DeltaLake(url, S3Storage({"AWS_ENDPOINT_URL": s3_server.endpoint}, Expired()), url)
     with pytest.raises(BackendError, match="cannot renew the AWS credentials of the lake.*Could not connect"):
         lake.list_tables()
+
+
+def test_without_botocore_a_profile_asks_for_the_extra_and_web_identity_goes_to_deltalake(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from keel.lake._storage import s3_options
+
+    monkeypatch.setitem(sys.modules, "botocore", None)  # as if the s3 extra were not installed
+    monkeypatch.setitem(sys.modules, "botocore.session", None)
+    monkeypatch.setitem(sys.modules, "botocore.exceptions", None)
+    with pytest.raises(ConfigError, match=r"AWS_PROFILE='dev'.*pip install 'keel-platform\[s3\]'"):
+        s3_options("s3://b/lake", {"AWS_PROFILE": "dev"})
+    env = {"AWS_WEB_IDENTITY_TOKEN_FILE": "/var/run/token", "AWS_ROLE_ARN": "arn:aws:iam::1:role/r"}
+    _, storage = s3_options("s3://b/lake", env)
+    options = storage.options()
+    assert {k: options[k] for k in env} == env and "AWS_ACCESS_KEY_ID" not in options
