@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import uuid
 from pathlib import Path
 
 import pytest
@@ -26,9 +27,9 @@ READ_COMMANDS = [
 ]
 
 
-def keel(*args: str) -> subprocess.CompletedProcess[str]:
+def keel(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "keel.cli", *args], capture_output=True, text=True,
-                          env={**os.environ, "COLUMNS": "80"}, timeout=120)
+                          env={**os.environ, "COLUMNS": "80", **(env or {})}, timeout=120)
 
 
 def files(root: Path) -> set[str]:
@@ -73,3 +74,19 @@ def test_streams_does_not_create_the_streams_it_lists(tmp_path: Path) -> None:
     rt = Runtime.open(root)
     assert sorted(rt.bus.list_streams()) == on_the_bus
     rt.close()
+
+
+@pytest.mark.kafka
+def test_read_commands_on_a_fresh_kafka_bus_create_no_topic(fresh: Path, kafka_bootstrap: str) -> None:
+    from confluent_kafka.admin import AdminClient
+
+    prefix = f"readonly-{uuid.uuid4().hex[:8]}."
+    env = {"KEEL_BUS": f"{kafka_bootstrap}?topic_prefix={prefix}"}
+    for args in (["status"], ["streams"], ["tail", "page_views"], ["dlq", "page_views"]):
+        r = keel(*args, "-p", str(fresh), env=env)
+        assert r.returncode == 0, r.stdout + r.stderr
+        assert "not created yet" in " ".join(r.stdout.split()), r.stdout
+    admin = AdminClient({"bootstrap.servers": kafka_bootstrap.removeprefix("kafka://")})
+    topics = admin.list_topics(timeout=30).topics
+    assert not [t for t in topics if t.startswith(prefix)]
+    assert not (fresh / ".keel").exists()

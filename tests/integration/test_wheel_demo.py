@@ -51,3 +51,5 @@ def test_keel_demo_runs_from_the_wheel_without_extras(tmp_path: Path) -> None:
     assert "Traceback" not in output
     assert "summary" in demo.stdout and "demo finished in" in demo.stdout
     assert "demo finished" in demo.stdout.splitlines()[-1] and demo.stdout.splitlines()[-1].endswith(": ok")
+    # its summary reads at 80 columns: no cell cut to "…", no line wider than the terminal
+    assert "…" not in demo.stdout and max(len(line) for line in demo.stdout.splitlines()) <= 80, demo.stdout
