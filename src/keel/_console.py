@@ -50,9 +50,9 @@ def print_rows(rows: list[dict[str, Any]], title: str | None = None, console: Co
 
 
 def _column_widths(cells: list[list[Text]], width: int) -> list[int] | None:
-    """Each column's width (without padding) so that the table fits `width` with no word cut, the
-    room beyond each column's longest word shared in proportion to what its cells would use; None
-    when even the longest words do not fit side by side."""
+    """Each column's width (without padding) so that the table fits `width` with no word cut: at least
+    its longest word, and the room left shared so that as many columns as can be are shown unwrapped;
+    None when even the longest words do not fit side by side."""
     frame = 3 * len(cells[0]) + 1  # a border and two spaces of padding per column, and the last border
     columns = list(zip(*cells))
     longest_word = [max(cell_len(w) for c in column for w in [*c.plain.split(), ""]) for column in columns]
@@ -61,6 +61,11 @@ def _column_widths(cells: list[list[Text]], width: int) -> list[int] | None:
     if room < 0:
         return None
     wanted = [w - m for w, m in zip(whole, longest_word)]
-    if sum(wanted) <= room:
-        return whole
-    return [m + room * w // sum(wanted) for m, w in zip(longest_word, wanted)]
+    widths = list(longest_word)
+    # the room goes first to the columns that want little (they fit whole), the rest in equal shares
+    by_need = sorted(range(len(wanted)), key=wanted.__getitem__)
+    for left, i in zip(range(len(by_need), 0, -1), by_need):
+        extra = min(wanted[i], room // left)
+        widths[i] += extra
+        room -= extra
+    return widths

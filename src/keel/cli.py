@@ -211,8 +211,10 @@ def tables(project: Path, profile: str | None) -> None:
     rt = _runtime(project, profile)
     if not created(rt.config, "lake"):
         return _not_created(f"the lake at {rt.config.lake}")
-    shown = ("table", "rows", "size", "files", "version", "last_commit", "freshness")
-    rows = [{k: r[k] for k in shown if k in r} for r in tables_summary(rt.lake)]
+    rows = [{"table": r["table"], "rows": r["rows"], "size": r["size"], "files": r["files"], "version": r["version"],
+             # the time to the minute and its age (the table's freshness), in words that wrap at 80 columns
+             "last commit": f"{r['last_commit'][:16].replace('T', ' ')} UTC ({r['freshness']})"
+             if r["last_commit"] else "never"} for r in tables_summary(rt.lake)]
     print_rows(rows, "tables", out, empty="no tables yet: `keel up` lands the streams' events into them")
 
 
