@@ -112,7 +112,8 @@ def describe_errors(schema: type[Event], raw: object, index: int) -> list[dict[s
     if not isinstance(raw, dict):
         return [{"index": index, "field": None, "error": f"expected a JSON object, got {type(raw).__name__}"}]
     errors: list[dict[str, object]] = []
-    fields = {n: (tp, req) for n, tp, req in event_fields(schema)}
+    hints = typing.get_type_hints(schema, include_extras=True)  # with constraints (Annotated[int, Meta(...)])
+    fields = {n: (hints[n], req) for n, _, req in event_fields(schema)}
     for name in raw:
         if name not in fields:
             errors.append({"index": index, "field": name, "error": "unknown field"})

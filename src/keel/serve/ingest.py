@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import os
 import time
+import types
+import typing
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import cache
 from operator import attrgetter
-from typing import Any
+from typing import Annotated, Any
 
 import msgspec
 import msgspec.inspect
@@ -46,8 +48,58 @@ _decoders: dict[type[Event], Decoders] = {}
 def _decoders_for(schema: type[Event]) -> Decoders:
     d = _decoders.get(schema)
     if d is None:
-        d = _decoders[schema] = Decoders(msgspec.json.Decoder(schema), msgspec.json.Decoder(list[schema]))  # type: ignore[valid-type]
+        storable = storable_schema(schema)
+        d = _decoders[schema] = Decoders(msgspec.json.Decoder(storable), msgspec.json.Decoder(list[storable]))  # type: ignore[valid-type]
     return d
+
+
+_INT64 = (-(2**63), 2**63 - 1)
+
+
+def _storable(tp: Any) -> Any:
+    """`tp` with each int bounded to int64, the integers Arrow and Delta store (JSON has no bound)."""
+    if tp is int:
+        return Annotated[int, msgspec.Meta(ge=_INT64[0], le=_INT64[1])]
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin is Annotated and args[0] is int:  # keep the user's own bounds, add the missing ones
+        metas = args[1:]
+        ge = None if any(_bound(m, "ge", "gt") for m in metas) else _INT64[0]
+        le = None if any(_bound(m, "le", "lt") for m in metas) else _INT64[1]
+        return tp if ge is None and le is None else Annotated[(int, *metas, msgspec.Meta(ge=ge, le=le))]
+    if origin is list and args:
+        return list[_storable(args[0])]  # type: ignore[misc]
+    if origin in (typing.Union, types.UnionType):
+        return typing.Union[tuple(_storable(a) for a in args)]
+    return tp
+
+
+def _bound(meta: object, *names: str) -> bool:
+    return any(getattr(meta, n, None) is not None for n in names)
+
+
+@cache
+def storable_schema(schema: type[Event]) -> type[Event]:
+    """A subclass of `schema` that also refuses what the lake cannot store: an int beyond 64 bits in
+    any int field (the processors would dead-letter it). Decoded events are still `schema` instances,
+    encoded the same way."""
+    hints = typing.get_type_hints(schema, include_extras=True)
+    fields: list[Any] = []
+    for f in msgspec.structs.fields(schema):
+        tp = _storable(hints[f.name])
+        if tp == hints[f.name]:
+            continue
+        if f.default is not msgspec.NODEFAULT:
+            fields.append((f.name, tp, f.default))
+        elif f.default_factory is not msgspec.NODEFAULT:
+            fields.append((f.name, tp, msgspec.field(default_factory=f.default_factory)))
+        else:
+            fields.append((f.name, tp))
+    if not fields:
+        return schema
+    bounded = typing.cast(type[Event], msgspec.defstruct(schema.__name__, fields, bases=(schema,),
+                                                         module=schema.__module__))
+    bounded.__doc__ = schema.__doc__  # the OpenAPI document describes the schema by it
+    return bounded
 
 
 def _split_ndjson(body: bytes) -> list[bytes]:
@@ -97,7 +149,7 @@ def _all_errors(schema: type[Event], body: bytes, ndjson: bool) -> list[dict[str
             return [error]
         raws = raw if isinstance(raw, list) else [raw]
     for i, raw in enumerate(raws):
-        errors += describe_errors(schema, raw, i)
+        errors += describe_errors(storable_schema(schema), raw, i)
     return errors or [{"index": None, "field": None, "error": "no events in the body"}]
 
 

@@ -12,6 +12,7 @@ import msgspec
 import msgspec.inspect
 
 from keel.catalog import Catalog
+from keel.serve.ingest import storable_schema
 
 _ERROR = {"type": "object", "properties": {"error": {"type": "string"}, "errors": {"type": "array"}}}
 _SECURITY: list[dict[str, list[str]]] = [{"bearer": []}, {"apiKey": []}]
@@ -64,7 +65,9 @@ def openapi_document(catalog: Catalog) -> dict[str, Any]:
     paths: dict[str, Any] = {}
     components: dict[str, Any] = {}
     for s in catalog.streams.values():
-        (schema,), defs = msgspec.json.schema_components([s.schema], ref_template="#/components/schemas/{name}")
+        # the schema ingest validates against (ints bounded to 64 bits), so clients see the same bounds
+        (schema,), defs = msgspec.json.schema_components([storable_schema(s.schema)],
+                                                         ref_template="#/components/schemas/{name}")
         components.update(defs)
         _date_time_formats(s.schema, components[s.schema.__name__])
         paths[f"/v1/streams/{s.name}/events"] = {"post": {
