@@ -137,7 +137,7 @@ def _all_errors(schema: type[Event], body: bytes, ndjson: bool) -> list[dict[str
     if ndjson:
         raws = []
         for i, line in enumerate(_split_ndjson(body)):
-            raw, error = _decode(line, i, f"line {i + 1}")
+            raw, error = _decode(line, i, f"NDJSON event {i}")
             if error is not None:
                 errors.append(error)
             raws.append(raw)
