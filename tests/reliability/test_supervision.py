@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import subprocess
 import sys
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -222,3 +224,28 @@ def test_keel_up_with_a_missing_bucket_prints_one_message_and_no_traceback(shop:
     assert "keel is up" not in r.stdout
     assert "Traceback" not in r.stderr and "no-such-bucket" in r.stderr, r.stderr
     assert r.stderr.count("no-such-bucket' of the lake") == 1, r.stderr
+
+
+@pytest.mark.kafka
+@pytest.mark.slow
+def test_keel_up_prints_each_kafka_durability_warning_once(shop: Path, tmp_path: Path, kafka_bootstrap: str) -> None:
+    prefix = f"up-{uuid.uuid4().hex[:8]}."
+    env = {**os.environ, "COLUMNS": "200", "KEEL_BUS": f"{kafka_bootstrap}?topic_prefix={prefix}",
+           "KEEL_LAKE": f"file://{tmp_path / 'lake'}", "KEEL_KV": f"file://{tmp_path / 'kv.db'}"}
+    up = subprocess.Popen([sys.executable, "-m", "keel.cli", "up", "-p", str(shop), "--profile", "prod",
+                           "--port", str(free_port())], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                          env=env, cwd=REPO)
+    try:
+        assert up.stdout is not None
+        for line in up.stdout:
+            if "keel is up" in line:
+                break
+        up.send_signal(signal.SIGTERM)
+        out, err = up.communicate(timeout=120)
+    finally:
+        if up.poll() is None:
+            up.kill()
+            up.wait()
+    topic = f"topic '{prefix}page_views' has replication factor 1"
+    assert err.count(topic) == 1, err
+    assert err.count(f"topic '{prefix}purchases' has replication factor 1") == 1, err

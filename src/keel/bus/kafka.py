@@ -285,7 +285,9 @@ class KafkaBus:
             self._await_metadata(name, present=False)
 
     def check_durability(self, stream: str) -> list[str]:
-        """Warn (KafkaDurabilityWarning + log) about each setting of the topic that risks acknowledged events."""
+        """Warn (KafkaDurabilityWarning) about each setting of the topic that risks acknowledged events.
+
+        A warning only, not also a log record: both reach stderr, so `keel up` printed each twice."""
         topic = self.topic(stream)
         described = self._wait(self._admin.describe_topics(self._ck.TopicCollection([topic])), f"describing {stream!r}")[topic]
         rf = min(len(p.replicas) for p in described.partitions)
@@ -311,7 +313,6 @@ class KafkaBus:
                 f"Turn it off: kafka-configs --alter --entity-type topics --entity-name {topic} --add-config unclean.leader.election.enable=false"
             )
         for problem in problems:
-            log.warning("durability: %s", problem)
             warnings.warn(problem, KafkaDurabilityWarning, stacklevel=2)
         return problems
 
