@@ -65,6 +65,11 @@ def _iso_time(ctx: click.Context | None, param: click.Parameter | None, value: s
                                  ctx, param) from None
 
 
+def _minute(iso: str) -> str:
+    """An ISO 8601 UTC time to the minute, in words that wrap ("2026-12-01 23:07 UTC")."""
+    return datetime.fromisoformat(iso).astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+
+
 def _not_created(what: str) -> None:
     out.print(f"{what} is not created yet (`keel up` creates it)", highlight=False)
 
@@ -213,8 +218,8 @@ def tables(project: Path, profile: str | None) -> None:
         return _not_created(f"the lake at {rt.config.lake}")
     rows = [{"table": r["table"], "rows": r["rows"], "size": r["size"], "files": r["files"], "version": r["version"],
              # the time to the minute and its age (the table's freshness), in words that wrap at 80 columns
-             "last commit": f"{r['last_commit'][:16].replace('T', ' ')} UTC ({r['freshness']})"
-             if r["last_commit"] else "never"} for r in tables_summary(rt.lake)]
+             "last commit": f"{_minute(r['last_commit'])} ({r['freshness']})" if r["last_commit"] else "never"}
+            for r in tables_summary(rt.lake)]
     print_rows(rows, "tables", out, empty="no tables yet: `keel up` lands the streams' events into them")
 
 
@@ -438,7 +443,8 @@ def keys_list(project: Path, profile: str | None) -> None:
     from keel.serve.keys import list_keys
 
     print_rows([{"id": r.id, "name": r.name, "scopes": " ".join(r.scopes), "rate": r.rate or "default",
-                 "created": r.created, "revoked": r.revoked or ""} for r in list_keys(_state_dir(project, profile))],
+                 "created": _minute(r.created), "revoked": _minute(r.revoked) if r.revoked else ""}
+                for r in list_keys(_state_dir(project, profile))],
                "keys", out, empty="no keys yet: create one with `keel keys create NAME --scope SCOPE`")
 
 
