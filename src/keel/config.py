@@ -15,7 +15,7 @@ keel.toml::
     kv   = "file://.keel/kv.db"
 
 Variables override the chosen profile: KEEL_PROFILE, KEEL_BUS, KEEL_LAKE, KEEL_KV, KEEL_BATCH,
-KEEL_SCHEDULER, KEEL_STATE, KEEL_HOST, KEEL_PORT.
+KEEL_SCHEDULER, KEEL_STATE, KEEL_HOST, KEEL_PORT, KEEL_MAX_INFLIGHT_BYTES, KEEL_MAX_QUEUE_SECONDS.
 """
 
 from __future__ import annotations
@@ -39,7 +39,8 @@ LOCAL_DEFAULTS = {
     "state": "file://.keel/state",
 }
 _ENGINE_KEYS = tuple(LOCAL_DEFAULTS)
-_KNOWN_PROFILE_KEYS = set(_ENGINE_KEYS) | {"host", "port", "production"}
+_GATEWAY_LIMITS = {"max_inflight_bytes": int, "max_queue_seconds": float}  # ServeConfig fields a profile may set
+_KNOWN_PROFILE_KEYS = set(_ENGINE_KEYS) | {"host", "port", "production"} | set(_GATEWAY_LIMITS)
 
 
 @dataclass(frozen=True)
@@ -47,6 +48,8 @@ class ServeConfig:
     host: str = "127.0.0.1"
     port: int = 8000
     max_body_bytes: int = 8 * 1024 * 1024
+    max_inflight_bytes: int = 64 * 1024 * 1024  # request bodies the gateway holds at once; beyond: 503
+    max_queue_seconds: float = 0.5  # a request that waited longer before being served: 503
 
 
 @dataclass(frozen=True)
@@ -123,12 +126,24 @@ def load_config(root: Path | str, profile: str | None = None, env: Mapping[str, 
         port = int(port_text)
     except ValueError:
         raise ConfigError(f"port {port_text!r} is not a number: set KEEL_PORT or `port` in the profile to e.g. 8000") from None
+    limits: dict[str, Any] = {}
+    for key, kind in _GATEWAY_LIMITS.items():
+        text = env.get(f"KEEL_{key.upper()}", chosen.get(key))
+        if text is None:
+            continue
+        try:
+            limits[key] = kind(text)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{key} = {text!r} is not a number: set it in [profiles.{profile}] or KEEL_{key.upper()}, "
+                              f"e.g. {getattr(ServeConfig, key)}") from None
+        if limits[key] <= 0:
+            raise ConfigError(f"{key} must be above 0 (got {text!r}); the default is {getattr(ServeConfig, key)}")
     return Config(
         root=root,
         project_name=name,
         module=str(module),
         profile=profile,
         production=bool(chosen.get("production", profile not in ("local", "test", "dev"))),
-        serve=ServeConfig(host=host, port=port),
+        serve=ServeConfig(host=host, port=port, **limits),
         **{k: resolve_url(v, root) for k, v in settings.items()},
     )

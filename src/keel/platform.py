@@ -28,6 +28,7 @@ from keel.jobs.embedded import EmbeddedScheduler
 from keel.jobs.run import scheduler_tasks
 from keel.runtime import Runtime
 from keel.serve.app import build_app
+from keel.serve.front import StampedHttp
 from keel.streaming.runner import Runner
 from keel.supervisor import Backoff, Supervisor
 
@@ -122,7 +123,7 @@ class Platform:
         self.scheduler.run_forever(stop, poll_seconds=1.0)
 
     def _serve(self, stop: threading.Event) -> None:
-        server = uvicorn.Server(uvicorn.Config(self._app, host=self.host, port=self.port,
+        server = uvicorn.Server(uvicorn.Config(self._app, host=self.host, port=self.port, http=StampedHttp,
                                                log_level="warning", lifespan="off"))
         self.server = server
         if stop.is_set():  # read after publishing the server: stop() sets the event, then stops the server

@@ -7,7 +7,7 @@ import asyncio
 import socket
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, MutableMapping, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -306,7 +306,7 @@ class Exchange:
         self.body = b""
         self.stall = asyncio.Event()  # if it stalls: after the chunks nothing more comes until this is set
 
-    async def receive(self) -> dict[str, Any]:
+    async def receive(self) -> MutableMapping[str, Any]:
         self.asked += 1
         if self.chunks:
             chunk = self.chunks.pop(0)
@@ -314,7 +314,7 @@ class Exchange:
         await self.stall.wait()
         return {"type": "http.request", "body": b"", "more_body": False}
 
-    async def send(self, message: dict[str, Any]) -> None:
+    async def send(self, message: MutableMapping[str, Any]) -> None:
         if message["type"] == "http.response.start":
             self.status = message["status"]
             self.headers = dict(message["headers"])
@@ -414,3 +414,25 @@ def test_a_client_that_stalls_its_body_gets_408_and_the_server_stays_up(rt: Runt
         assert b"request body was not received" in answer
     assert healthy.status_code == 200
     assert bus_records(rt, "page_views") == 0
+
+
+def test_the_overload_limits_come_from_the_profile_or_the_environment(tmp_path: Path) -> None:
+    from keel.config import load_config
+    from keel.errors import ConfigError
+
+    (tmp_path / "keel.toml").write_text('[project]\nmodule = "m"\n[profiles.local]\nmax_inflight_bytes = 1000\n')
+    config = load_config(tmp_path, env={})
+    assert (config.serve.max_inflight_bytes, config.serve.max_queue_seconds) == (1000, 0.5)
+    config = load_config(tmp_path, env={"KEEL_MAX_QUEUE_SECONDS": "0.05", "KEEL_MAX_INFLIGHT_BYTES": "2000"})
+    assert (config.serve.max_inflight_bytes, config.serve.max_queue_seconds) == (2000, 0.05)
+
+    class Project:
+        pass
+
+    runtime = Project()
+    runtime.config = config  # type: ignore[attr-defined]
+    options = gateway_options(runtime)
+    assert (options.max_inflight_bytes, options.max_queue_seconds) == (2000, 0.05)
+    for bad in ("lots", "0"):
+        with pytest.raises(ConfigError, match="max_inflight_bytes"):
+            load_config(tmp_path, env={"KEEL_MAX_INFLIGHT_BYTES": bad})

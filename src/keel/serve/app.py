@@ -37,9 +37,12 @@ from keel.serve.responses import json_response, unavailable
 
 
 def gateway_options(runtime: Any) -> GatewayOptions:
-    """The options a runtime's config implies: its body limit; keyless loopback only outside production."""
+    """The options a runtime's config implies: its body and overload limits; keyless loopback only outside
+    production."""
     config = runtime.config
-    return GatewayOptions(max_body_bytes=config.serve.max_body_bytes, anonymous_loopback=not config.production)
+    serve = config.serve
+    return GatewayOptions(max_body_bytes=serve.max_body_bytes, anonymous_loopback=not config.production,
+                          max_inflight_bytes=serve.max_inflight_bytes, max_queue_seconds=serve.max_queue_seconds)
 
 
 def build_app(runtime: Any, options: GatewayOptions | None = None,
