@@ -21,6 +21,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Iterator
+from typing import Any
 from pathlib import Path
 
 import pytest
@@ -131,8 +132,9 @@ class KafkaBroker:
             raise KafkaUnavailable(f"kafka-storage format failed ({done.returncode}): {done.stderr[-2000:] or done.stdout[-2000:]}")
         self._formatted = True
 
-    def start(self, timeout: float = 90.0) -> None:
-        """Start the broker (formatting its data dir the first time) and wait until it serves metadata."""
+    def start(self, timeout: float = 180.0) -> None:
+        """Start the broker (formatting its data dir the first time) and wait until it serves clients
+        (the bound is generous: readiness is a condition, the bound only ends a broker that never gets there)."""
         if self.process is not None and self.process.poll() is None:
             return
         if not self._formatted:
@@ -164,13 +166,25 @@ class KafkaBroker:
         admin = AdminClient({"bootstrap.servers": self.bootstrap, "log_level": 0})
         while time.monotonic() < deadline:
             self._check_alive()
-            try:
-                metadata = admin.list_topics(timeout=2)
-                if metadata.brokers:
-                    return
-            except Exception:  # noqa: BLE001 - not ready yet: the broker answers KafkaException until then
-                time.sleep(0.2)
-        self._give_up(f"no metadata from {self.bootstrap} after {timeout:.0f}s")
+            if self._serving(admin):
+                return
+            time.sleep(0.2)
+        self._give_up(f"not serving on {self.bootstrap} after {timeout:.0f}s (metadata, partition leaders, groups)")
+
+    def _serving(self, admin: Any) -> bool:
+        """Ready as a client needs it: the broker is registered, every partition of every topic has
+        a leader (a restarted broker elects them after it registers) and the group coordinator
+        answers (it loads the offsets topic after a restart)."""
+        try:
+            metadata = admin.list_topics(timeout=2)
+            if not metadata.brokers:
+                return False
+            if any(p.leader < 0 or p.error is not None for t in metadata.topics.values() for p in t.partitions.values()):
+                return False
+            admin.describe_consumer_groups(["keel-harness-probe"], request_timeout=2)["keel-harness-probe"].result(timeout=3)
+            return True
+        except Exception:  # noqa: BLE001 - not ready yet: KafkaException or a timeout until then
+            return False
 
     def _check_alive(self) -> None:
         if self.process is not None and self.process.poll() is not None:

@@ -22,6 +22,8 @@ Options of ``open_kafka_bus``:
 * ``production``: check durability settings and warn;
 * ``replication_factor``: for topics keel creates (default: the broker's ``default.replication.factor``);
 * ``delivery_timeout_ms``: how long the producer retries (through broker restarts) before ``produce`` fails;
+* ``admin_timeout_ms``: how long a metadata, offsets or group request waits for the brokers before it
+  raises ``BackendError`` (group lookups ask again within it while a restarted broker loads its groups);
 * ``config``: extra librdkafka settings (security, SASL, ...) for every client.
 """
 
@@ -64,7 +66,7 @@ __all__ = ["KafkaBus", "KafkaDurabilityWarning", "kafka_partitions", "murmur2", 
 
 log = logging.getLogger("keel.bus.kafka")
 
-_ADMIN_TIMEOUT = 30.0
+_ATTEMPT = 5.0  # seconds one group lookup waits before it is asked again
 _INTERNAL = "__"
 _TOPIC = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
 
@@ -81,6 +83,7 @@ def _flag(text: str) -> bool:
 
 _URL_OPTIONS: dict[str, Callable[[str], Any]] = {
     "topic_prefix": str, "production": _flag, "replication_factor": int, "delivery_timeout_ms": int,
+    "admin_timeout_ms": int,
 }
 
 
@@ -123,6 +126,7 @@ class KafkaBus:
         production: bool = False,
         replication_factor: int | None = None,
         delivery_timeout_ms: int = 30_000,
+        admin_timeout_ms: int = 30_000,
         config: Mapping[str, Any] | None = None,
     ) -> None:
         ck = require("confluent_kafka", "kafka", "kafka")
@@ -131,6 +135,7 @@ class KafkaBus:
         self.prefix = topic_prefix
         self.production = production
         self.replication_factor = replication_factor
+        self._timeout = admin_timeout_ms / 1000
         self._common: dict[str, Any] = {"bootstrap.servers": bootstrap, "logger": log, **(config or {})}
         self._admin = admin_mod.AdminClient(dict(self._common))
         self._sender = Sender(ck, {
@@ -159,16 +164,34 @@ class KafkaBus:
             )
         return name
 
+    # Every admin answer comes through these three: a broker that is down or slow becomes a
+    # BackendError here, never a raw KafkaException or concurrent.futures.TimeoutError.
+
+    def _result(self, future: Any, what: str, timeout: float | None = None) -> Any:
+        wait = self._timeout if timeout is None else timeout
+        try:
+            return future.result(timeout=wait)
+        except self._ck.KafkaException as exc:
+            raise translate(exc, what) from exc
+        except TimeoutError as exc:
+            raise self._no_answer(what, wait) from exc
+
+    def _no_answer(self, what: str, seconds: float) -> BackendError:
+        return BackendError(
+            f"{what}: Kafka did not answer in {seconds:.0f}s; check that the brokers in "
+            f"{self._common['bootstrap.servers']!r} are up and reachable, then retry"
+        )
+
     def _wait(self, futures: Mapping[Any, Any], what: str) -> dict[Any, Any]:
-        out = {}
-        for key, future in futures.items():
-            try:
-                out[key] = future.result(timeout=_ADMIN_TIMEOUT)
-            except self._ck.KafkaException as exc:
-                raise translate(exc, what) from exc
-            except TimeoutError as exc:
-                raise BackendError(f"{what}: Kafka did not answer in {_ADMIN_TIMEOUT:.0f}s; check the brokers in {self._common['bootstrap.servers']!r}") from exc
-        return out
+        return {key: self._result(future, what) for key, future in futures.items()}
+
+    def _topics(self, what: str, topic: str | None = None) -> dict[str, Any]:
+        try:
+            meta = self._admin.list_topics(topic=topic, timeout=self._timeout)
+        except self._ck.KafkaException as exc:
+            raise translate(exc, what) from exc
+        topics: dict[str, Any] = meta.topics
+        return topics
 
     # -- admin ---------------------------------------------------------------------------------
 
@@ -191,12 +214,13 @@ class KafkaBus:
         if self.replication_factor is not None and self.replication_factor >= 3:
             topic_config["min.insync.replicas"] = "2"
         new = self._admin_mod.NewTopic(self.topic(stream), num_partitions=partitions, replication_factor=rf, config=topic_config)
-        future = self._admin.create_topics([new], operation_timeout=_ADMIN_TIMEOUT)[self.topic(stream)]
+        future = self._admin.create_topics([new], operation_timeout=self._timeout)[self.topic(stream)]
         try:
-            future.result(timeout=_ADMIN_TIMEOUT)
-        except self._ck.KafkaException as exc:
-            if exc.args[0].code() != self._ck.KafkaError.TOPIC_ALREADY_EXISTS:
-                raise translate(exc, f"creating stream {stream!r}") from exc
+            self._result(future, f"creating stream {stream!r}")
+        except BackendError as exc:
+            cause = exc.__cause__
+            if not isinstance(cause, self._ck.KafkaException) or cause.args[0].code() != self._ck.KafkaError.TOPIC_ALREADY_EXISTS:
+                raise
             existing = self._partition_count(stream, refresh=True)
             if existing != partitions:
                 raise ConflictError(
@@ -206,13 +230,13 @@ class KafkaBus:
             return
         self._await_metadata(stream, present=True)
 
-    def _await_metadata(self, stream: str, present: bool, timeout: float = _ADMIN_TIMEOUT) -> None:
+    def _await_metadata(self, stream: str, present: bool) -> None:
         """Kafka creates and deletes topics asynchronously; wait until metadata shows the change."""
         topic = self.topic(stream)
+        timeout = self._timeout
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            topics = self._admin.list_topics(timeout=_ADMIN_TIMEOUT).topics
-            meta = topics.get(topic)
+            meta = self._topics(f"waiting for topic {topic!r}").get(topic)
             if present and meta is not None and meta.error is None and meta.partitions and all(p.leader >= 0 for p in meta.partitions.values()):
                 return
             if not present and meta is None:
@@ -223,10 +247,7 @@ class KafkaBus:
     def _partition_count(self, stream: str, refresh: bool = False) -> int:
         if not refresh and stream in self._partitions:
             return self._partitions[stream]
-        try:
-            meta = self._admin.list_topics(topic=self.topic(stream), timeout=_ADMIN_TIMEOUT).topics.get(self.topic(stream))
-        except self._ck.KafkaException as exc:
-            raise translate(exc, f"reading metadata of stream {stream!r}") from exc
+        meta = self._topics(f"reading metadata of stream {stream!r}", self.topic(stream)).get(self.topic(stream))
         if meta is None or meta.error is not None or not meta.partitions:
             self._partitions.pop(stream, None)
             raise NotFoundError(f"no stream {stream!r} (topic {self.topic(stream)!r}) on the bus: declare it and run `keel up`, or check its name")
@@ -254,7 +275,7 @@ class KafkaBus:
         return StreamInfo(config, parts, self._committed(stream, count))
 
     def _committed(self, stream: str, count: int) -> dict[str, dict[int, int]]:
-        listed = self._admin.list_consumer_groups().result(timeout=_ADMIN_TIMEOUT)
+        listed = self._result(self._admin.list_consumer_groups(request_timeout=self._timeout), "listing consumer groups")
         groups = [g.group_id for g in listed.valid if g.group_id.startswith(self.prefix)]
         out: dict[str, dict[int, int]] = {}
         topic = self.topic(stream)
@@ -267,18 +288,15 @@ class KafkaBus:
         return out
 
     def list_streams(self) -> list[str]:
-        try:
-            topics = self._admin.list_topics(timeout=_ADMIN_TIMEOUT).topics
-        except self._ck.KafkaException as exc:
-            raise translate(exc, "listing streams") from exc
+        topics = self._topics("listing streams")
         return sorted(t[len(self.prefix):] for t in topics if t.startswith(self.prefix) and not t.startswith(_INTERNAL))
 
     def delete_stream(self, stream: str) -> None:
         """Delete the stream's topic and its dead-letter topic (and every record in them)."""
         self._partition_count(stream, refresh=True)
         names = [self.topic(stream), self.topic(dlq_name(stream))]
-        existing = self._admin.list_topics(timeout=_ADMIN_TIMEOUT).topics
-        futures = self._admin.delete_topics([n for n in names if n in existing], operation_timeout=_ADMIN_TIMEOUT)
+        existing = self._topics(f"deleting stream {stream!r}")
+        futures = self._admin.delete_topics([n for n in names if n in existing], operation_timeout=self._timeout)
         self._wait(futures, f"deleting stream {stream!r}")
         for name in (stream, dlq_name(stream)):
             self._partitions.pop(name, None)
@@ -376,20 +394,31 @@ class KafkaBus:
         return consumer
 
     def _has_members(self, group: str) -> bool:
-        deadline = time.monotonic() + _ADMIN_TIMEOUT
+        """Whether `group` has members; asked again (within the admin timeout) while the group
+        coordinator loads, moves or does not answer, as it may for a while after a broker restart."""
+        KafkaError = self._ck.KafkaError
+        moving = {
+            KafkaError.NOT_COORDINATOR, KafkaError.COORDINATOR_LOAD_IN_PROGRESS, KafkaError.COORDINATOR_NOT_AVAILABLE,
+            KafkaError._TIMED_OUT, KafkaError._TRANSPORT,
+        }
+        what = f"describing group {group!r}"
+        deadline = time.monotonic() + self._timeout
         while True:
+            # A fresh request per attempt: one sent into a restart may never be answered.
+            attempt = max(0.5, min(_ATTEMPT, deadline - time.monotonic()))
+            future = self._admin.describe_consumer_groups([group], request_timeout=attempt)[group]
             try:
-                described = self._admin.describe_consumer_groups([group])[group].result(timeout=_ADMIN_TIMEOUT)
-                return bool(described.members)
-            except self._ck.KafkaException as exc:
-                # The group coordinator may be loading or moving (a fresh or restarted broker): ask again.
-                KafkaError = self._ck.KafkaError
-                moving = exc.args[0].code() in (
-                    KafkaError.NOT_COORDINATOR, KafkaError.COORDINATOR_LOAD_IN_PROGRESS, KafkaError.COORDINATOR_NOT_AVAILABLE,
+                return bool(self._result(future, what, timeout=attempt + 1).members)
+            except BackendError as exc:
+                cause = exc.__cause__
+                transient = isinstance(cause, TimeoutError) or (
+                    isinstance(cause, self._ck.KafkaException) and (cause.args[0].code() in moving or cause.args[0].retriable())
                 )
-                if not (moving or exc.args[0].retriable()) or time.monotonic() > deadline:
-                    raise translate(exc, f"describing group {group!r}") from exc
-                time.sleep(0.2)
+                if not transient:
+                    raise
+                if time.monotonic() + 0.2 >= deadline:
+                    raise BackendError(f"{what}: still failing after {self._timeout:.0f}s; last error: {exc}") from exc
+            time.sleep(0.2)
 
     def close(self) -> None:
         for consumer in self._consumers:
