@@ -19,7 +19,9 @@ batches at most once per ``purge_interval`` seconds (``purge_expired`` does it o
 the older layout (BLOB keys and values, ``user_version`` 0) is converted in place when opened.
 
 Threads: one connection per thread (``threading.local``), so readers in a thread pool do not
-queue behind each other or behind a writer. Processes: every write is ``BEGIN IMMEDIATE`` with a
+queue behind each other or behind a writer. Each connection has a lock, held while its thread uses
+it and by ``close``: Python's sqlite3 crashes the process (use after free) when a connection is
+closed while another thread runs a statement on it. Processes: every write is ``BEGIN IMMEDIATE`` with a
 busy timeout, so concurrent writers wait for each other instead of failing or losing updates.
 """
 
@@ -109,7 +111,7 @@ class FileKeyValue:
         self._purge_batch = purge_batch
         self._local = threading.local()
         self._lock = threading.Lock()  # guards _connections and _closed, never held during a query
-        self._connections: list[sqlite3.Connection] = []
+        self._connections: list[tuple[sqlite3.Connection, threading.Lock]] = []
         self._closed = False
         self._next_purge = 0.0
         try:
@@ -231,39 +233,47 @@ class FileKeyValue:
         with self._lock:
             self._closed = True
             connections, self._connections = self._connections, []
-        for db in connections:
-            try:
-                db.close()
-            except sqlite3.Error:
-                pass  # closing is best effort: the process may be exiting
+        for db, in_use in connections:
+            with in_use:  # waits for the statement another thread is running on it
+                try:
+                    db.close()
+                except sqlite3.Error:
+                    pass  # closing is best effort: the process may be exiting
 
     # -- plumbing ----------------------------------------------------------------------------
 
-    def _connection(self) -> sqlite3.Connection:
-        if self._closed:
-            raise BackendError(f"kv file {self.path} is closed: open it again with keel.kv.open_kv")
-        db: sqlite3.Connection | None = getattr(self._local, "db", None)
-        if db is not None:
-            return db
+    def _connection(self) -> tuple[sqlite3.Connection, threading.Lock]:
+        mine: tuple[sqlite3.Connection, threading.Lock] | None = getattr(self._local, "db", None)
+        if mine is not None:
+            return mine
         with self._lock:
             if self._closed:
-                raise BackendError(f"kv file {self.path} is closed: open it again with keel.kv.open_kv")
+                raise self._closed_error()
             db = sqlite3.connect(
                 self.path, timeout=self._busy_timeout, isolation_level=None, check_same_thread=False
             )
-            self._connections.append(db)
-        db.execute("PRAGMA journal_mode=WAL")
-        db.execute(f"PRAGMA synchronous={self._synchronous}")
-        db.execute(f"PRAGMA mmap_size={self._mmap_size}")  # reads from the page cache without a copy: ~1.7x get/s
-        db.text_factory = bytes  # TEXT values come back as the exact bytes stored, not decoded
-        self._local.db = db
-        return db
+            mine = (db, threading.Lock())
+            self._connections.append(mine)
+            with mine[1]:
+                db.execute("PRAGMA journal_mode=WAL")
+                db.execute(f"PRAGMA synchronous={self._synchronous}")
+                db.execute(f"PRAGMA mmap_size={self._mmap_size}")  # reads from the page cache without a copy: ~1.7x get/s
+                db.text_factory = bytes  # TEXT values come back as the exact bytes stored, not decoded
+        self._local.db = mine
+        return mine
 
     def _run(self, work: Callable[[sqlite3.Connection], _T]) -> _T:
         try:
-            return work(self._connection())
+            db, in_use = self._connection()
+            with in_use:
+                if self._closed:  # closed since this thread last used it
+                    raise self._closed_error()
+                return work(db)
         except sqlite3.Error as exc:
             raise self._translate(exc) from exc
+
+    def _closed_error(self) -> BackendError:
+        return BackendError(f"kv file {self.path} is closed: open it again with keel.kv.open_kv")
 
     def _write(self, work: Callable[[sqlite3.Connection], _T], purge: bool = True) -> _T:
         """Run ``work`` in one ``BEGIN IMMEDIATE`` transaction: it holds the write lock from its first read."""
