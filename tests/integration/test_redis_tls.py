@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from keel.errors import BackendError
+from keel.errors import BackendError, ConfigError
 from keel.kv import KeyValue, open_kv
 from keel.kv.async_reader import open_async_reader
 from tests.harness.redis import RedisServer, find_redis_server, make_tls, ping
@@ -106,3 +106,15 @@ def test_the_async_reader_follows_the_one_scheme_table(tmp_path: Path) -> None:
         return [type(r) for r in readers]
 
     assert asyncio.run(kinds()) == [AsyncRedisReader, AsyncRedisReader, InlineReader]
+
+
+def test_a_tls_file_that_is_not_there_is_a_config_error_naming_it(tls_server: RedisServer) -> None:
+    url = tls_server.url.split("?", 1)[0] + "?ssl_ca_certs=/nonexistent/keel-ca.pem"
+    with pytest.raises(ConfigError, match="ssl_ca_certs=/nonexistent/keel-ca.pem does not exist"):
+        open_kv(url)
+
+    async def open_reader() -> None:
+        await open_async_reader(url, no_kv).aclose()
+
+    with pytest.raises(ConfigError, match="does not exist"):
+        asyncio.run(open_reader())

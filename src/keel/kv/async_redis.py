@@ -23,7 +23,7 @@ from typing import Any
 
 from keel.engines import require
 from keel.errors import BackendError, ConfigError
-from keel.kv.redis import safe_url, translate
+from keel.kv.redis import check_tls_files, safe_url, translate
 
 _MAX_KEYS = 4096  # keys per MGET: a batch never blocks the server long
 
@@ -34,6 +34,7 @@ def open_async_redis(url: str, *, timeout: float = 0.5, connect_timeout: float =
     aioredis = require("redis.asyncio", "redis", "redis")
     retry_mod = require("redis.asyncio.retry", "redis", "redis")
     backoff = require("redis.backoff", "redis", "redis")
+    check_tls_files(url)
     try:
         pool = aioredis.ConnectionPool.from_url(
             url, max_connections=max_inflight, socket_timeout=timeout, socket_connect_timeout=connect_timeout,

@@ -25,7 +25,8 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from functools import partial
 from typing import Any, TypeVar
-from urllib.parse import urlsplit, urlunsplit
+from pathlib import Path
+from urllib.parse import parse_qs, urlsplit, urlunsplit
 
 from keel.engines import require
 from keel.errors import BackendError, ConfigError
@@ -120,6 +121,7 @@ def open_redis_kv(
     redis = require("redis", "redis", "redis")
     backoff = require("redis.backoff", "redis", "redis")
     retry_mod = require("redis.retry", "redis", "redis")
+    check_tls_files(url)
     try:
         pool = redis.ConnectionPool.from_url(
             url,
@@ -322,6 +324,16 @@ def translate(exc: BaseException, errors: Any, url: str) -> BackendError:
         f"Redis at {url} refused the command: {text}. Check the server's logs, its maxmemory "
         "policy and that the database number in the URL is the one keel owns"
     )
+
+
+def check_tls_files(url: str) -> None:
+    """Refuse a URL naming a TLS file that is not there (redis-py would only say "No such file" on connect)."""
+    for option, values in parse_qs(urlsplit(url).query).items():
+        if option in ("ssl_ca_certs", "ssl_certfile", "ssl_keyfile", "ssl_ca_path"):
+            for value in values:
+                if not Path(value).exists():
+                    raise ConfigError(f"kv URL {safe_url(url)}: {option}={value} does not exist; give the path of "
+                                      "the PEM file on this machine (e.g. ?ssl_ca_certs=/etc/keel/redis-ca.pem)")
 
 
 def safe_url(url: str) -> str:
