@@ -91,7 +91,8 @@ class Runtime:
                 touch()
             except KeelError as exc:
                 kind = ConfigError if isinstance(exc, ConfigError) else BackendError
-                raise kind(f"cannot start: the {area} engine at {_redact(url)} is not usable: {exc}") from exc
+                where = "" if url in str(exc) else f" ({_redact(url)})"
+                raise kind(f"cannot start: the {area}{where} is not usable: {exc}") from exc
 
     def sql_session(self) -> Any:
         from keel.lake.sql import SqlSession

@@ -249,3 +249,12 @@ def test_keel_up_prints_each_kafka_durability_warning_once(shop: Path, tmp_path:
     topic = f"topic '{prefix}page_views' has replication factor 1"
     assert err.count(topic) == 1, err
     assert err.count(f"topic '{prefix}purchases' has replication factor 1") == 1, err
+
+
+def test_keel_up_with_an_unreachable_redis_names_the_kv_and_starts_nothing(shop: Path) -> None:
+    r = keel_cli("up", "-p", str(shop), "--port", str(free_port()),
+                 env={"KEEL_KV": f"redis://:secret@127.0.0.1:{free_port()}/0"})
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert "keel is up" not in r.stdout and "Traceback" not in r.stderr, r.stdout + r.stderr
+    assert "cannot start: the kv" in r.stderr and "redis" in r.stderr.lower(), r.stderr
+    assert "secret" not in r.stderr  # the password stays out of the message
