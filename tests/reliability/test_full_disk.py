@@ -14,6 +14,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,8 @@ import pytest
 from keel.bus import StreamConfig
 from keel.bus.file import FileBus
 from keel.errors import BackendError, DurabilityError
+from keel.jobs.base import Task
+from keel.jobs.embedded import EmbeddedScheduler
 from keel.platform import Platform, free_port
 from keel.project import copy_example
 from keel.runtime import Runtime
@@ -214,3 +217,28 @@ def test_keel_up_stays_up_on_a_full_disk_and_catches_up_when_space_returns(disks
         assert wait_for(lambda: any("scheduler ticks again" in r.getMessage() for r in caplog.records))
     finally:
         platform.stop()
+
+
+def test_a_run_that_ends_while_the_disk_is_full_is_recorded_once_space_returns(
+        disks: Callable[[str, str], Disk]) -> None:
+    disk = disks("state", "4m")
+
+    def fill_then_fail(date: datetime) -> None:
+        disk.fill()  # the job itself fills the disk (a big output), then fails
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    clock = [datetime(2026, 1, 1, 3, 0, tzinfo=UTC)]
+    sched = EmbeddedScheduler(disk.path / "scheduler.db", [Task("report", None, fill_then_fail, retries=0)],
+                              clock=lambda: clock[0], sleep=lambda s: None)
+    run = sched.trigger("report", clock[0])  # its outcome cannot be written now: no exception, no stuck run
+    assert run.state == "failed" and "No space left" in (run.error or "")
+    assert sched.runs("report")[0].state == "running"  # what the history holds while the disk is full
+    disk.free()
+    clock[0] += timedelta(seconds=1)
+    sched.tick(clock[0])
+    [recorded] = sched.runs("report")
+    assert recorded.state == "failed" and "No space left" in (recorded.error or "") and recorded.attempts == 1
+    sched.close()
+    again = EmbeddedScheduler(disk.path / "scheduler.db", [])  # durable: another process reads the same
+    assert again.runs("report")[0].state == "failed"
+    again.close()

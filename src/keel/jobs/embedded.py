@@ -6,6 +6,9 @@ file in WAL mode, so it survives restarts and other processes (``keel status``) 
 a scheduler writes. Each run records which process owns it; on open, a run still ``queued`` or
 ``running`` whose process is gone is marked ``failed`` with error ``"interrupted"``.
 
+A run whose outcome cannot be written (a full disk) keeps it in memory and the next tick writes it;
+a run whose start cannot be written does not run and ends ``failed`` (``"interrupted: ..."``).
+
 Two processes may tick the same file: the per-task tick marks are read and advanced in one write
 transaction, so a fire time is claimed by one of them only.
 """
@@ -19,6 +22,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, cast
@@ -76,6 +80,7 @@ class EmbeddedScheduler:
         self._lock = threading.Lock()
         self._tasks: dict[str, Task] = {}
         self._order: dict[str, int] = {}
+        self._unrecorded: dict[int, tuple[RunState, str | None, int, str]] = {}  # run id -> outcome to write
         try:
             self.state_path.parent.mkdir(parents=True, exist_ok=True)
             self._db = sqlite3.connect(self.state_path, isolation_level=None, check_same_thread=False, timeout=30)
@@ -105,6 +110,7 @@ class EmbeddedScheduler:
 
     def tick(self, now: datetime) -> list[Run]:
         now = _utc(now)
+        self._record_unrecorded()
         due: list[tuple[datetime, Task]] = []
         with self._lock, self._transaction() as db:
             marks = {name: _parse(text) for name, text in db.execute("SELECT task, last_tick FROM ticks")}
@@ -220,7 +226,11 @@ class EmbeddedScheduler:
         attempts = 0
         while True:
             attempts += 1
-            self._update(run_id, state="running", attempts=attempts, started=attempts == 1)
+            try:
+                self._update(run_id, state="running", attempts=attempts, started=attempts == 1)
+            except BackendError as exc:  # without a record of the start it does not run: failed, not stuck queued
+                return self._finish(run_id, "failed", f"{INTERRUPTED}: its start could not be recorded ({exc})",
+                                    attempts=attempts - 1)
             try:
                 task.run(date)
             except Exception as exc:  # a task's failure is data for its run, never the scheduler's
@@ -279,13 +289,35 @@ class EmbeddedScheduler:
             )
 
     def _finish(self, run_id: int, state: RunState, error: str | None, *, attempts: int) -> Run:
+        outcome = (state, error, attempts, _iso(self._clock()))
+        try:
+            return self._record(run_id, *outcome)
+        except BackendError as exc:
+            # e.g. a full disk: the outcome waits in memory and the next tick writes it, so a run is
+            # never left `running` once the history can be written again
+            with self._lock:
+                self._unrecorded[run_id] = outcome
+            log.warning("run %d ended %s; its outcome is recorded once the scheduler state can be written: %s",
+                        run_id, state, exc)
+            row = self._query(f"SELECT {_COLUMNS} FROM runs WHERE id = ?", (run_id,))[0]
+            return replace(_to_run(row), state=state, error=error, attempts=attempts, finished=_parse(outcome[3]))
+
+    def _record(self, run_id: int, state: RunState, error: str | None, attempts: int, finished: str) -> Run:
         with self._lock, self._transaction() as db:
             db.execute(
                 "UPDATE runs SET state = ?, attempts = ?, finished = ?, error = ? WHERE id = ?",
-                (state, attempts, _iso(self._clock()), error, run_id),
+                (state, attempts, finished, error, run_id),
             )
             row = db.execute(f"SELECT {_COLUMNS} FROM runs WHERE id = ?", (run_id,)).fetchone()
         return _to_run(row)
+
+    def _record_unrecorded(self) -> None:
+        with self._lock:
+            pending = list(self._unrecorded.items())
+        for run_id, outcome in pending:
+            self._record(run_id, *outcome)
+            with self._lock:
+                self._unrecorded.pop(run_id, None)
 
     def _recover_interrupted(self) -> None:
         with self._lock, self._transaction() as db:
