@@ -142,7 +142,8 @@ class Platform:
                 return
             time.sleep(0.02)
         self.stop()
-        raise ConfigError(f"the gateway could not listen on {self.url}: is the port taken? pick another "
+        why = f" ({supervisor.state.error})" if supervisor.state.error else ""
+        raise ConfigError(f"the gateway could not listen on {self.url}{why}: is the port taken? pick another "
                           "with --port or KEEL_PORT")
 
     def status(self) -> list[dict[str, Any]]:

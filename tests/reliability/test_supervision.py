@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -258,3 +259,13 @@ def test_keel_up_with_an_unreachable_redis_names_the_kv_and_starts_nothing(shop:
     assert "keel is up" not in r.stdout and "Traceback" not in r.stderr, r.stdout + r.stderr
     assert "cannot start: the kv" in r.stderr and "redis" in r.stderr.lower(), r.stderr
     assert "secret" not in r.stderr  # the password stays out of the message
+
+
+def test_a_taken_port_is_a_config_error_and_nothing_keeps_running(shop: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        platform = Platform(Runtime.open(shop), port=taken.getsockname()[1], scheduler=False)
+        with pytest.raises(ConfigError, match="--port"):
+            platform.start()
+    assert not any(c.thread.is_alive() for c in platform.components)
