@@ -54,9 +54,14 @@ def drain(runner: Runner, records: int, deadline_s: float = 60.0) -> None:
 
 
 def raw_dead_letters(broker: KafkaBroker, topic: str, expected: int) -> list[Any]:
+    return raw_messages(broker, topic, 1, expected)
+
+
+def raw_messages(broker: KafkaBroker, topic: str, partitions: int, expected: int) -> list[Any]:
     consumer = confluent_kafka.Consumer({"bootstrap.servers": broker.bootstrap, "group.id": "raw-" + uuid.uuid4().hex,
                                          "enable.auto.commit": False, "fetch.max.bytes": BIG})
-    consumer.assign([confluent_kafka.TopicPartition(topic, 0, confluent_kafka.OFFSET_BEGINNING)])
+    consumer.assign([confluent_kafka.TopicPartition(topic, p, confluent_kafka.OFFSET_BEGINNING)
+                     for p in range(partitions)])
     out: list[Any] = []
     deadline = time.monotonic() + 30
     while len(out) < expected and time.monotonic() < deadline:
@@ -143,5 +148,11 @@ def test_poison_records_from_a_plain_kafka_producer(shop: Any, tmp_path: Path, k
     assert sum(p.end_offset for p in bus.describe("clicks").partitions) == ends + len(bad) + 1
     assert ops.dlq_show(bus, "clicks") == []
     assert bus.describe(dlq_name("clicks")).partitions[0].end_offset == len(stored) + 2
+    # a record the .dlq topic took at another time (its own timestamp was beyond now + 1 h) is replayed
+    # with the timestamp it was written with
+    odd = next(i for i, r in enumerate(records) if r.timestamp_ms == 10**15)
+    copies = [m for m in raw_messages(kafka_broker, prefix + "clicks", 2, ends + len(bad) + 1)
+              if dict(m.headers() or []).get("event_id") == f"e{odd}".encode()]
+    assert [m.timestamp()[1] for m in copies] == [10**15, 10**15]
     bus.close()
     kv.close()

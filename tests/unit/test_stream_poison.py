@@ -345,3 +345,13 @@ def test_an_event_whose_window_would_end_after_the_year_9999_is_dead_lettered_no
     assert rt.views.get("counts", "a")["views"] == 1  # the other event was counted
     rt.bus.close()
     rt.kv.close()
+
+
+def test_an_event_id_header_that_is_not_text_falls_back_to_partition_and_offset() -> None:
+    from keel.streaming.decode import decode_records
+
+    batch = records([good("u", "a", 1), good("u", "a", 2)], [BASE_MS, BASE_MS])
+    batch = batch.set_column(batch.schema.get_field_index("headers"), "headers",
+                             pa.array([[("event_id", b"\xff\xfe")], [("event_id", b"e1")]], HEADERS_TYPE))
+    decoded = decode_records(batch, Click)
+    assert decoded.events.get_column("event_id").to_list() == ["0:0", "e1"]

@@ -313,6 +313,19 @@ def to_events(batch: pa.RecordBatch, schema: type[Event]) -> pl.DataFrame:
     return decode_records(batch, schema).events
 
 
+def _text(values: pa.Array) -> pa.Array:
+    """Binary values as strings; one that is not UTF-8 (any producer may set headers) becomes null."""
+    try:
+        return values.cast(pa.string())
+    except pa.ArrowInvalid:
+        def valid(raw: bytes | None) -> str | None:
+            try:
+                return None if raw is None else raw.decode("utf-8")
+            except UnicodeDecodeError:
+                return None
+        return pa.array([valid(raw) for raw in values.to_pylist()], pa.string())
+
+
 def _bus_time_us(batch: pa.RecordBatch) -> pa.Array:
     """The records' bus timestamps in µs; one beyond the years 1-9999 (any int64 of ms is a valid
     Kafka timestamp) is clipped to just outside them, where `_check_times` refuses it."""
@@ -326,7 +339,7 @@ def _lake_rows(batch: pa.RecordBatch, parsed: pa.Table, schema: type[Event]) -> 
     bus_time = _bus_time_us(batch)
     ts = parsed.column("ts").combine_chunks() if len(parsed) else pa.array([], pa.timestamp("us", tz="UTC"))
     event_time = (ts if ts.null_count == 0 else pc.if_else(pc.is_null(ts), bus_time, ts)) if len(parsed) else ts
-    ids = header(batch, "event_id").cast(pa.string())
+    ids = _text(header(batch, "event_id"))
     if ids.null_count:
         ids = pc.if_else(pc.is_null(ids), pc.binary_join_element_wise(
             pc.cast(batch.column("partition"), pa.string()), pc.cast(batch.column("offset"), pa.string()), ":"), ids)
