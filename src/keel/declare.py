@@ -59,7 +59,9 @@ class Declaration:
 EARLIEST_EVENT_TIME = datetime(1900, 1, 1, tzinfo=UTC)
 LATEST_EVENT_TIME = datetime(2200, 1, 1, tzinfo=UTC)  # exclusive
 DEFAULT_MAX_FUTURE = 86400.0  # 1 day: clocks disagree, but not by more
-DEFAULT_MAX_EVENT_BYTES = 1 << 20  # 1 MiB of JSON: Kafka's default message.max.bytes is 1 MB + overhead
+# an event's bytes on the bus (its JSON and its key): a Kafka broker on its defaults refuses a record
+# batch over 1,048,588 bytes and librdkafka a message over 1,000,000; the rest is left for headers
+DEFAULT_MAX_EVENT_BYTES = 900_000
 _EARLIEST_MS = int(EARLIEST_EVENT_TIME.timestamp() * 1000)
 _LATEST_MS = int(LATEST_EVENT_TIME.timestamp() * 1000) - 1
 
@@ -68,7 +70,7 @@ _LATEST_MS = int(LATEST_EVENT_TIME.timestamp() * 1000) - 1
 class Stream(Declaration):
     """An event stream. ``max_future`` / ``max_past``: how far (seconds) an event's ``ts`` may be ahead
     of / behind the time the gateway acknowledges it (None: no bound that way); ``max_event_bytes``: the
-    largest event, as JSON. The gateway refuses what is outside with 400; processors dead-letter it."""
+    largest event on the bus, its JSON and its key. The gateway refuses what is outside with 400; processors dead-letter it."""
 
     schema: type[Event]
     key: str | None = None

@@ -141,7 +141,7 @@ def test_the_declaration_takes_durations_and_refuses_nonsense() -> None:
         s = keel.stream("s", Purchase, max_future="2h", max_past="30d", max_event_bytes=4096)
         assert (s.max_future, s.max_past, s.max_event_bytes) == (7200.0, 2592000.0, 4096)
         d = keel.stream("d", Purchase)
-        assert (d.max_future, d.max_past, d.max_event_bytes) == (86400.0, None, 1 << 20)
+        assert (d.max_future, d.max_past, d.max_event_bytes) == (86400.0, None, 900_000)
         for bad, why in (({"max_future": -5}, "max_future must be"), ({"max_past": "soon"}, "bad duration"),
                          ({"max_event_bytes": 0}, "max_event_bytes must be")):
             with pytest.raises(ValueError, match=why):
@@ -149,6 +149,16 @@ def test_the_declaration_takes_durations_and_refuses_nonsense() -> None:
     sized = Stream(name="s", schema=Purchase, max_event_bytes=60)
     assert bounded(sized, b'[{"user_id":"u","item_id":"i","price":1},{"user_id":"u","item_id":"%s","price":1}]'
                    % (b"x" * 40)) == [(1, "item_id")]
+    # the key counts too: 59 bytes of JSON pass alone, not with a 2-byte key
+    events = parse_events(Purchase, b'{"user_id":"uu","item_id":"%s","price":1}' % (b"x" * 8), ndjson=False)
+    assert len(to_batch(events, None, 1)[0].column("value")[0].as_py()) == 59
+    for key, refused in ((None, False), ("user_id", True)):
+        batch, _ = to_batch(events, key, 1, NOON)
+        if refused:
+            with pytest.raises(ValidationError, match="its JSON and its key"):
+                check_bounds(sized, events, batch, NOON)
+        else:
+            check_bounds(sized, events, batch, NOON)
 
 
 def test_an_event_time_without_offset_is_utc_whatever_the_servers_zone(monkeypatch: pytest.MonkeyPatch) -> None:

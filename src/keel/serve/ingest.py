@@ -302,7 +302,8 @@ def check_bounds(stream: Stream, events: list[Event], batch: pa.RecordBatch, now
     One vectorized pass over the batch's timestamp and value columns; Python runs only for the bad."""
     lo, hi = stream.event_time_bounds(now_ms)
     stamps = batch.column("timestamp").view(pa.int64()).to_numpy()
-    sizes = pc.binary_length(batch.column("value")).to_numpy()
+    keys = pc.fill_null(pc.binary_length(batch.column("key")), 0)
+    sizes = pc.add(pc.binary_length(batch.column("value")), keys).to_numpy()
     late, big = np.flatnonzero((stamps < lo) | (stamps > hi)), np.flatnonzero(sizes > stream.max_event_bytes)
     if len(late) == 0 and len(big) == 0:
         return
@@ -333,6 +334,7 @@ def _size_error(stream: Stream, index: int, event: Event, size: int) -> dict[str
     fields = msgspec.structs.asdict(event)
     biggest = max(fields, key=lambda f: len(_encoder.encode(fields[f])))
     return {"index": index, "field": biggest,
-            "error": f"the event is {size} bytes of JSON, over the {stream.max_event_bytes}-byte limit of stream "
+            "error": f"the event is {size} bytes on the bus (its JSON and its key), over the "
+                     f"{stream.max_event_bytes}-byte limit of stream "
                      f"{stream.name!r} (max_event_bytes), mostly this field: store large values elsewhere and send "
                      "a reference"}
