@@ -130,7 +130,7 @@ def test_poison_records_from_a_plain_kafka_producer(shop: Any, tmp_path: Path, k
             if r.consumer is not None:
                 r.consumer.close()
 
-    more = [Record(good("u1", "a", 40)), Record(b"garbage"), Record(good("u2", "a", 41))]
+    more = [Record(good("u1", "a", 40)), Record(b"garbage"), Record(None), Record(good("u2", "a", 41))]  # a tombstone
     raw_produce(kafka_broker, prefix + "clicks", more, first_id=len(records))
     for decl in (shop.land, shop.counts):
         again = Runner(decl, rt, max_records=100)
@@ -141,17 +141,19 @@ def test_poison_records_from_a_plain_kafka_producer(shop: Any, tmp_path: Path, k
         finally:
             again.consumer.close()
     landed = rt.lake.read("clicks", columns=["event_id"]).column("event_id").to_pylist()
-    assert sorted(landed) == sorted(ids | {f"e{len(records)}", f"e{len(records) + 2}"})
+    assert sorted(landed) == sorted(ids | {f"e{len(records)}", f"e{len(records) + 3}"})
+    tombstone = [d for d in ops.dlq_show(bus, "clicks") if d["headers"]["event_id"] == f"e{len(records) + 2}"]
+    assert len(tombstone) == 1 and "no value" in tombstone[0]["reason"]
 
     ends = sum(p.end_offset for p in bus.describe("clicks").partitions)
-    assert ops.dlq_replay(bus, "clicks") == len(bad) + 1  # each failed record once, the garbage too
-    assert sum(p.end_offset for p in bus.describe("clicks").partitions) == ends + len(bad) + 1
+    assert ops.dlq_replay(bus, "clicks") == len(bad) + 2  # each failed record once, the garbage and tombstone too
+    assert sum(p.end_offset for p in bus.describe("clicks").partitions) == ends + len(bad) + 2
     assert ops.dlq_show(bus, "clicks") == []
-    assert bus.describe(dlq_name("clicks")).partitions[0].end_offset == len(stored) + 2
+    assert bus.describe(dlq_name("clicks")).partitions[0].end_offset == len(stored) + 4
     # a record the .dlq topic took at another time (its own timestamp was beyond now + 1 h) is replayed
     # with the timestamp it was written with
     odd = next(i for i, r in enumerate(records) if r.timestamp_ms == 10**15)
-    copies = [m for m in raw_messages(kafka_broker, prefix + "clicks", 2, ends + len(bad) + 1)
+    copies = [m for m in raw_messages(kafka_broker, prefix + "clicks", 2, ends + len(bad) + 2)
               if dict(m.headers() or []).get("event_id") == f"e{odd}".encode()]
     assert [m.timestamp()[1] for m in copies] == [10**15, 10**15]
     bus.close()

@@ -43,7 +43,7 @@ def good(user: str, item: str, second: float) -> bytes:
 
 @dataclass
 class Record:
-    value: bytes
+    value: bytes | None  # None: a Kafka tombstone (the file:// bus takes no null value)
     reason: str | None = None  # a part of the dead-letter reason; None for a good record
     timestamp_ms: int | None = None  # the bus timestamp (default: BASE + 1 min)
 
@@ -355,3 +355,11 @@ def test_an_event_id_header_that_is_not_text_falls_back_to_partition_and_offset(
                              pa.array([[("event_id", b"\xff\xfe")], [("event_id", b"e1")]], HEADERS_TYPE))
     decoded = decode_records(batch, Click)
     assert decoded.events.get_column("event_id").to_list() == ["0:0", "e1"]
+
+
+def test_a_record_without_a_value_is_refused_with_its_reason() -> None:
+    """A Kafka tombstone (null value) reaches a processor only from Kafka; decode must refuse it."""
+    from keel.streaming.decode import decode_records
+
+    decoded = decode_records(records([None, good("u", "a", 1)], [BASE_MS, BASE_MS]), Click)  # type: ignore[list-item]
+    assert decoded.rows.tolist() == [1] and decoded.bad[0][0] == 0 and "no value" in decoded.bad[0][1]

@@ -31,7 +31,7 @@ from keel.bus.base import Bus, Consumer, dlq_name
 
 DLQ_GROUP = "keel-dlq"
 CONTEXT_HEADERS = frozenset({"error", "error_class", "processor", "stage", "source_offset", "source_partition",
-                             "source_timestamp", "attempt", "schema_id", "failed_at"})
+                             "source_timestamp", "null_value", "attempt", "schema_id", "failed_at"})
 
 
 @dataclass(frozen=True)

@@ -188,7 +188,8 @@ def _isolate(values: pa.Array, schema: type[Event], bad: list[tuple[int, str]]) 
     screen, name = _screen(schema), schema.__name__
     maybe = []
     for i, raw in enumerate(values.to_pylist()):
-        why = _screened(screen, raw, name)
+        why = (_screened(screen, raw, name) if raw is not None
+               else f"no value (a Kafka tombstone?): expected a JSON object of {name}")
         if why is None:
             maybe.append(i)
         else:

@@ -199,7 +199,11 @@ class Runner:
                       ("source_partition", str(p).encode()), ("source_offset", str(o).encode())]
                    for (_, err), own, p, o in zip(bad, rows.column("headers").to_pylist(),
                                                   rows.column("partition").to_pylist(), rows.column("offset").to_pylist())]
-        dlq = pa.record_batch({"key": rows.column("key"), "value": rows.column("value"),
+        values = rows.column("value")
+        if values.null_count:  # a Kafka tombstone: stored as an empty value, marked
+            headers = [h + [("null_value", b"1")] if v is None else h for h, v in zip(headers, values.to_pylist())]
+            values = values.fill_null(b"")
+        dlq = pa.record_batch({"key": rows.column("key"), "value": values,
                                "timestamp": rows.column("timestamp"),
                                "headers": pa.array(headers, pa.map_(pa.string(), pa.binary()))})
         try:
