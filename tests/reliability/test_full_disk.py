@@ -242,3 +242,21 @@ def test_a_run_that_ends_while_the_disk_is_full_is_recorded_once_space_returns(
     again = EmbeddedScheduler(disk.path / "scheduler.db", [])  # durable: another process reads the same
     assert again.runs("report")[0].state == "failed"
     again.close()
+
+
+def test_a_checkpoint_that_cannot_be_written_is_a_backend_error_and_the_old_one_stays(
+        disks: Callable[[str, str], Disk]) -> None:
+    import polars as pl
+
+    from keel.streaming.checkpoint import Unit, load_unit, point_to_unit, save_unit, unit_pointer
+
+    disk = disks("state", "4m")
+    first = Unit(1, {0: 1}, None, {"state": pl.DataFrame({"k": ["a"], "n": [1]})})
+    point_to_unit(disk.path, "agg", save_unit(disk.path, "agg", first), 1)
+    disk.fill()
+    big = Unit(2, {0: 2}, None, {"state": pl.DataFrame({"k": [str(i) for i in range(200_000)], "n": range(200_000)})})
+    with pytest.raises(BackendError, match="free disk space"):
+        point_to_unit(disk.path, "agg", save_unit(disk.path, "agg", big), 2)
+    pointer = unit_pointer(disk.path, "agg")
+    assert pointer is not None and pointer[1] == 1
+    assert load_unit(disk.path, "agg", pointer[0]).frames["state"]["n"].to_list() == [1]

@@ -8,17 +8,30 @@ match its offsets.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import io
 import json
 import os
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import polars as pl
 
-from keel.errors import ConflictError
+from keel.errors import BackendError, ConflictError
+
+
+@contextlib.contextmanager
+def _writing(folder: Path) -> Iterator[None]:
+    """A checkpoint that cannot be written (a full disk, a read-only folder) is a BackendError: the
+    processor is retried by its supervisor and resumes from the previous checkpoint, which is intact."""
+    try:
+        yield
+    except OSError as exc:
+        raise BackendError(f"cannot write the checkpoint in {folder}: {exc.strerror or exc}; free disk space "
+                           "(or fix the folder's permissions): the processor resumes from its last checkpoint") from exc
 
 
 def _fsync_dir(path: Path) -> None:
@@ -60,20 +73,21 @@ class Unit:
 def save_unit(root: Path, name: str, unit: Unit) -> str:
     """Write a unit durably into its own folder (fsync'd files and folder); return the folder's name."""
     folder = root / name
-    folder.mkdir(parents=True, exist_ok=True)
     unit_dir = f"unit-{unit.version:020d}"
     target = folder / unit_dir
-    target.mkdir(exist_ok=True)
-    for key, frame in unit.frames.items():
-        with open(target / f"{key}.arrow", "wb") as f:
-            frame.write_ipc(f)
-            f.flush()
-            os.fsync(f.fileno())
-    meta = {"version": unit.version, "watermark_us": unit.watermark_us, "frames": sorted(unit.frames),
-            "offsets": {str(p): o for p, o in unit.offsets.items()}}
-    _write_synced(target / "unit.json", json.dumps(meta).encode())
-    _fsync_dir(target)
-    _fsync_dir(folder)
+    with _writing(folder):
+        folder.mkdir(parents=True, exist_ok=True)
+        target.mkdir(exist_ok=True)
+        for key, frame in unit.frames.items():
+            with open(target / f"{key}.arrow", "wb") as f:
+                frame.write_ipc(f)
+                f.flush()
+                os.fsync(f.fileno())
+        meta = {"version": unit.version, "watermark_us": unit.watermark_us, "frames": sorted(unit.frames),
+                "offsets": {str(p): o for p, o in unit.offsets.items()}}
+        _write_synced(target / "unit.json", json.dumps(meta).encode())
+        _fsync_dir(target)
+        _fsync_dir(folder)
     return unit_dir
 
 
@@ -87,9 +101,10 @@ def load_unit(root: Path, name: str, unit_dir: str) -> Unit:
 def point_to_unit(root: Path, name: str, unit_dir: str, version: int) -> None:
     """Make `unit_dir` the checkpoint (atomic replace of checkpoint.json), then drop older units."""
     folder = root / name
-    _write_synced(folder / "checkpoint.json.tmp", json.dumps({"unit": unit_dir, "version": version}).encode())
-    os.replace(folder / "checkpoint.json.tmp", folder / "checkpoint.json")
-    _fsync_dir(folder)
+    with _writing(folder):
+        _write_synced(folder / "checkpoint.json.tmp", json.dumps({"unit": unit_dir, "version": version}).encode())
+        os.replace(folder / "checkpoint.json.tmp", folder / "checkpoint.json")
+        _fsync_dir(folder)
     for old in folder.glob("unit-*"):
         if old.name < unit_dir and old.is_dir():
             for f in old.iterdir():

@@ -31,7 +31,7 @@ import pyarrow as pa
 from keel.bus import dlq_name
 from keel.bus.ops import CONTEXT_HEADERS as _CONTEXT
 from keel.declare import Aggregation, Processor
-from keel.errors import ConflictError, KeelError, SchemaError
+from keel.errors import BackendError, ConflictError, KeelError, SchemaError
 from keel.monitor.streams import processor_metrics
 from keel.streaming.enrich import enrich
 from keel.streaming.stateful import StatefulEngine
@@ -146,11 +146,16 @@ class Runner:
     def commit_group(self, offsets: dict[int, int]) -> None:
         """Commit the group's offsets (they serve lag and a fresh start; exactness comes from the lake
         commits). A commit refused because partitions moved in a rebalance is not an error here: the
-        new owner resumes from the lake, so this member just goes on with what it still owns."""
+        new owner resumes from the lake, so this member just goes on with what it still owns. A commit
+        that cannot be written (a full disk, a broker away) is not worth a restart either: the next
+        batch commits again, and only `keel status` lags meanwhile."""
         try:
             self.consumer.commit(offsets)
         except ConflictError as exc:
             log.info("%s: %s", self.decl.name, exc)
+        except BackendError as exc:
+            log.warning("%s: offsets not committed for keel status (the lake holds the position): %s",
+                        self.decl.name, exc)
 
     def count_late(self, n: int) -> None:
         self.stats.late += n
