@@ -363,3 +363,43 @@ def test_a_record_without_a_value_is_refused_with_its_reason() -> None:
 
     decoded = decode_records(records([None, good("u", "a", 1)], [BASE_MS, BASE_MS]), Click)  # type: ignore[list-item]
     assert decoded.rows.tolist() == [1] and decoded.bad[0][0] == 0 and "no value" in decoded.bad[0][1]
+
+
+def test_a_stateful_function_that_raises_dead_letters_its_records_and_keeps_the_state_of_the_rest(
+        tmp_path: Path) -> None:
+    with collecting():
+        clicks = keel.stream("clicks", Click, key="user_id")
+
+        @keel.stateful(clicks, key="user_id", into=keel.view("totals"))
+        def totals(batch, state):  # type: ignore[no-untyped-def]
+            seen = batch.group_by("user_id").agg(pl.len().alias("n"))
+            old = state.get(seen["user_id"], schema={"n": pl.UInt32})
+            new = seen.join(old, on="user_id", how="left", suffix="_old").select(
+                "user_id", (pl.col("n") + pl.col("n_old").fill_null(0)).alias("n"))
+            state.put(new)  # the state is changed before the function fails below
+            if (batch["item_id"] == "boom").any():
+                raise ValueError("item boom cannot be counted")
+            return new
+    rt = engines(tmp_path, ["totals"])
+    rt.bus.create_stream(StreamConfig("clicks", 1))
+    produce(rt, "clicks", [Record(good("u1", "a", 1)), Record(good("u2", "boom", 2)), Record(good("u1", "b", 3)),
+                           Record(good("u2", "c", 4))])
+    runner = Runner(totals, rt)
+    runner.start()
+    drain(runner)
+    runner.consumer.close()
+    runner.engine.close()  # type: ignore[union-attr]
+    dead = ops.dlq_show(rt.bus, "clicks")
+    assert [(d["offset"], d["stage"]) for d in dead] == [(1, "transform")]
+    assert "item boom cannot be counted" in dead[0]["reason"]
+    # the failing record's change to the state was rolled back: u2 counts only its good event
+    assert rt.views.get("totals", "u1")["n"] == 2
+    assert rt.views.get("totals", "u2")["n"] == 1
+    restarted = Runner(totals, rt)  # and a restart goes on from the checkpoint instead of failing again
+    restarted.start()
+    drain(restarted, steps=3)
+    restarted.consumer.close()
+    restarted.engine.close()  # type: ignore[union-attr]
+    assert len(ops.dlq_show(rt.bus, "clicks")) == 1
+    rt.bus.close()
+    rt.kv.close()

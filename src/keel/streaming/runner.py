@@ -178,16 +178,24 @@ class Runner:
         def call(frame: pl.DataFrame) -> pl.DataFrame:
             return pl.DataFrame(fn(frame) if state is None else fn(frame, state))
 
+        # keyed state is a frame that put/delete replace (never change in place): a call that fails
+        # is undone by putting back the frame from before it
+        saved = state.frame if state is not None else None
         try:
             return call(events)
         except Exception:  # find the records that fail, dead-letter them, keep the rest
-            if raw is None or state is not None:
+            if raw is None:
                 raise
+            if state is not None:
+                state.frame = saved
             good, bad = [], []
             for i in range(events.height):
                 try:
                     good.append(call(events.slice(i, 1)))
+                    saved = state.frame if state is not None else None
                 except Exception as exc:  # noqa: BLE001 - any user error goes to the DLQ
+                    if state is not None:
+                        state.frame = saved
                     bad.append((i, f"{type(exc).__name__}: {exc}"))
             self.dead_letter(raw, bad)
             return pl.concat(good, how="vertical_relaxed") if good else call(events.clear())

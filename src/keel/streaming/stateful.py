@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import polars as pl
+import pyarrow as pa
 
 from keel.declare import Aggregation, Processor, Table, View
 from keel.schema import table_schema
@@ -78,8 +79,8 @@ class WindowOperator:
     def _empty_output(self) -> pl.DataFrame:
         return self.windows.update(_empty_events(self.decl)).closed
 
-    def update(self, events: pl.DataFrame, partitions: Any = None,
-               active: set[int] | None = None) -> tuple[pl.DataFrame, pl.DataFrame]:
+    def update(self, events: pl.DataFrame, partitions: Any = None, active: set[int] | None = None,
+               raw: pa.RecordBatch | None = None) -> tuple[pl.DataFrame, pl.DataFrame]:
         out = self.windows.update(events, partitions, active)
         self._running.append(out.running)
         return out.closed, out.late
@@ -128,9 +129,9 @@ class KeyedOperator:
         self.state = KeyedState(decl.state_key)
         self._views: list[pl.DataFrame] = []
 
-    def update(self, events: pl.DataFrame, partitions: Any = None,
-               active: set[int] | None = None) -> tuple[pl.DataFrame, pl.DataFrame]:
-        out = self.runner.transform(events, state=self.state)
+    def update(self, events: pl.DataFrame, partitions: Any = None, active: set[int] | None = None,
+               raw: pa.RecordBatch | None = None) -> tuple[pl.DataFrame, pl.DataFrame]:
+        out = self.runner.transform(events, raw, state=self.state)
         key = self.decl.state_key or ""
         if key in out.columns:
             self._views.append(keyed_view_rows(key, out))
@@ -234,7 +235,10 @@ class StatefulEngine:
         now = time.monotonic()
         for p in set(parts.tolist()):
             self.last_seen[p] = now
-        rows, late = self.op.update(events, parts[good], self._active(now))
+        raw = None  # the records of `events`, for a keyed function's dead letters (windows never fail alone)
+        if isinstance(self.op, KeyedOperator):
+            raw = batch if len(good) == batch.num_rows else batch.take(good)
+        rows, late = self.op.update(events, parts[good], self._active(now), raw=raw)
         for p in set(parts.tolist()):
             self.offsets[p] = max(self.offsets.get(p, 0), int(offs[parts == p].max()) + 1)
         if rows.height:
