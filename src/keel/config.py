@@ -49,7 +49,7 @@ class ServeConfig:
     port: int = 8000
     max_body_bytes: int = 8 * 1024 * 1024
     max_inflight_bytes: int = 64 * 1024 * 1024  # request bodies the gateway holds at once; beyond: 503
-    max_queue_seconds: float = 0.5  # a request that waited longer before being served: 503
+    max_queue_seconds: float = 0.1  # a request that waited longer before being served: 503
 
 
 @dataclass(frozen=True)

@@ -422,7 +422,7 @@ def test_the_overload_limits_come_from_the_profile_or_the_environment(tmp_path: 
 
     (tmp_path / "keel.toml").write_text('[project]\nmodule = "m"\n[profiles.local]\nmax_inflight_bytes = 1000\n')
     config = load_config(tmp_path, env={})
-    assert (config.serve.max_inflight_bytes, config.serve.max_queue_seconds) == (1000, 0.5)
+    assert (config.serve.max_inflight_bytes, config.serve.max_queue_seconds) == (1000, 0.1)
     config = load_config(tmp_path, env={"KEEL_MAX_QUEUE_SECONDS": "0.05", "KEEL_MAX_INFLIGHT_BYTES": "2000"})
     assert (config.serve.max_inflight_bytes, config.serve.max_queue_seconds) == (2000, 0.05)
 

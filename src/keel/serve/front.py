@@ -39,7 +39,7 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from keel.errors import BackendError, KeelError, NotFoundError
 from keel.kv.async_reader import AsyncReader, open_async_reader
 from keel.serve.keys import LOCAL_DEVELOPER, KeyRing, Principal
-from keel.serve.limits import ByteBudget, GatewayOptions, RateLimiter, retry_after
+from keel.serve.limits import ByteBudget, GatewayOptions, RateLimiter, release_memory, retry_after
 from keel.serve.metrics import Metrics
 from keel.serve.resilience import Backend, CircuitOpenError
 from keel.serve.views import error, view_many, view_one
@@ -146,7 +146,7 @@ class Gateway:
         self.endpoints = endpoints  # (name, path regex, scope)
         self.clock = options.clock
         self.rate = RateLimiter(options.default_rate, options.clock)
-        self.budget = ByteBudget(options.max_inflight_bytes)
+        self.budget = ByteBudget(options.max_inflight_bytes, release_memory)
         self.inflight = 0
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:

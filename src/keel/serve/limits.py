@@ -39,7 +39,7 @@ class GatewayOptions:
     bus: BackendPolicy = field(default_factory=lambda: BackendPolicy(timeout=4.0, failures=3))
     workers: int = 32  # threads for bus produce and endpoint handlers
     max_inflight_bytes: int = 64 * 1024 * 1024  # request bodies being received or served; more is shed (503)
-    max_queue_seconds: float = 0.5  # a request that waited longer than this before being served is shed (503)
+    max_queue_seconds: float = 0.1  # a request that waited longer than this before being served is shed (503)
     clock: Callable[[], float] = time.monotonic  # the gateway's clock (rate limits, queue time); tests inject one
 
 
@@ -88,11 +88,13 @@ class ByteBudget:
     One event loop uses it, so no lock.
     """
 
-    __slots__ = ("limit", "used")
+    __slots__ = ("freed", "limit", "trim", "used")
 
-    def __init__(self, limit: int) -> None:
+    def __init__(self, limit: int, trim: Callable[[], None] | None = None) -> None:
         self.limit = limit
         self.used = 0
+        self.freed = 0  # bytes given back since the last trim
+        self.trim = trim
 
     def reserve(self, size: int) -> bool:
         """Take ``size`` bytes if they fit (always, for the first request: one body may be the budget)."""
@@ -103,6 +105,25 @@ class ByteBudget:
 
     def release(self, size: int) -> None:
         self.used -= size
+        self.freed += size
+        # after a burst of large bodies, once none is in flight: give the freed memory back to the system
+        if not self.used and self.freed >= self.limit // 4 and self.trim is not None:
+            self.freed = 0
+            self.trim()
+
+
+def release_memory() -> None:
+    """Return freed heap to the OS: glibc keeps the arenas of large freed buffers (RSS stays up after
+    a burst otherwise), and Arrow's pool keeps its own."""
+    import ctypes
+
+    import pyarrow as pa
+
+    pa.default_memory_pool().release_unused()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc: nothing to trim
+        pass
 
 
 def retry_after(seconds: float) -> bytes:
@@ -110,4 +131,4 @@ def retry_after(seconds: float) -> bytes:
     return str(max(1, math.ceil(seconds))).encode()
 
 
-__all__ = ["ByteBudget", "GatewayOptions", "RateLimiter", "TokenBucket", "retry_after"]
+__all__ = ["ByteBudget", "GatewayOptions", "RateLimiter", "TokenBucket", "release_memory", "retry_after"]

@@ -1,0 +1,31 @@
+"""The shop's gateway alone, in its own process, for load tests: `python gateway_server.py ROOT PORT
+MAX_INFLIGHT_BYTES MAX_QUEUE_SECONDS`. Prints "ready" once it listens; serves until killed."""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import uvicorn
+
+from keel.runtime import Runtime
+from keel.serve.app import build_app, gateway_options
+from keel.serve.front import StampedHttp
+
+
+def main() -> None:
+    root, port, budget, queue = Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4])
+    rt = Runtime.open(root)
+    rt.ensure()
+    rt.views.put("trending", [("_top", {"items": [{"item_id": "a"}, {"item_id": "b"}]})])
+    options = replace(gateway_options(rt), max_inflight_bytes=budget, max_queue_seconds=queue)
+    config = uvicorn.Config(build_app(rt, options), host="127.0.0.1", port=port, http=StampedHttp,
+                            log_level="warning", access_log=False, lifespan="off")
+    server = uvicorn.Server(config)
+    print("ready", flush=True)
+    server.run()
+
+
+if __name__ == "__main__":
+    main()
