@@ -436,3 +436,28 @@ def test_the_overload_limits_come_from_the_profile_or_the_environment(tmp_path: 
     for bad in ("lots", "0"):
         with pytest.raises(ConfigError, match="max_inflight_bytes"):
             load_config(tmp_path, env={"KEEL_MAX_INFLIGHT_BYTES": bad})
+
+
+def test_a_client_that_goes_away_mid_body_is_not_an_error(rt: Runtime, caplog: pytest.LogCaptureFixture) -> None:
+    app = build_app(rt)
+
+    class Gone(Exchange):
+        async def receive(self) -> MutableMapping[str, Any]:
+            self.asked += 1
+            if self.asked == 1:
+                return {"type": "http.request", "body": b'[{"user_id":', "more_body": True}
+            return {"type": "http.disconnect"}
+
+    async def go() -> None:
+        gone = Gone()
+        await app(http_scope("POST", "/v1/streams/page_views/events", [(b"content-length", b"500")]), gone.receive,
+                  gone.send)
+        assert gone.status == 0  # nobody to answer
+        ok = Exchange()
+        await app(http_scope("GET", "/v1/views/trending/_top"), ok.receive, ok.send)
+        assert ok.status == 200 and app.budget.used == 0
+
+    with caplog.at_level("ERROR", logger="keel.serve"):
+        run(go())
+    assert not caplog.records  # no traceback logged for an ordinary disconnect
+    assert bus_records(rt, "page_views") == 0
