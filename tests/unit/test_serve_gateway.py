@@ -461,3 +461,39 @@ def test_a_client_that_goes_away_mid_body_is_not_an_error(rt: Runtime, caplog: p
         run(go())
     assert not caplog.records  # no traceback logged for an ordinary disconnect
     assert bus_records(rt, "page_views") == 0
+
+
+class QuickHeaders(StampedHttp):
+    header_timeout = 0.2  # the test's own timeout, small: nothing waits for seconds
+
+
+def test_a_client_that_stalls_its_headers_gets_408_and_the_connection_is_freed(rt: Runtime) -> None:
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(build_app(rt), host="127.0.0.1", port=port, http=QuickHeaders,
+                                           log_level="warning", lifespan="off"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    while not server.started and thread.is_alive():
+        time.sleep(0.01)
+
+    def stalled(partial: bytes) -> bytes:
+        with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+            sock.sendall(partial)
+            answer = b""
+            while True:  # until the server closes the connection
+                data = sock.recv(65536)
+                if not data:
+                    return answer
+                answer += data
+
+    try:
+        half = stalled(b"POST /v1/streams/page_views/events HTTP/1.1\r\nhost: gw\r\ncontent-len")
+        silent = stalled(b"")  # connects, sends nothing
+        healthy = httpx.get(f"http://127.0.0.1:{port}/v1/views/trending/_top", timeout=30)
+    finally:
+        server.should_exit = True
+        thread.join(10)
+    for answer in (half, silent):
+        assert answer.startswith(b"HTTP/1.1 408 "), answer[:200]
+        assert b"request headers were not received" in answer
+    assert healthy.status_code == 200
