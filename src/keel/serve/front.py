@@ -147,7 +147,8 @@ class Gateway:
         self.endpoints = endpoints  # (name, path regex, scope)
         self.clock = options.clock
         self.rate = RateLimiter(options.default_rate, options.clock)
-        self.budget = ByteBudget(options.max_inflight_bytes, release_memory)
+        # off the event loop: trimming a large heap takes milliseconds
+        self.budget = ByteBudget(options.max_inflight_bytes, self._release_memory)
         self.inflight = 0
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -229,6 +230,13 @@ class Gateway:
             self.inflight -= 1
             self.budget.release(body.reserved)
         self.metrics.observe(route, method, status, time.perf_counter() - t0)
+
+    def _release_memory(self) -> None:
+        """Hand the trim to a worker thread: on a large heap it takes milliseconds of the event loop."""
+        try:
+            self.services.executor.submit(release_memory)
+        except RuntimeError:  # shutting down: the process is about to give it all back anyway
+            pass
 
     async def _shed(self, send: Send, reason: str, why: str) -> None:
         self.metrics.refused.labels(reason).inc()
