@@ -497,3 +497,17 @@ def test_a_client_that_stalls_its_headers_gets_408_and_the_connection_is_freed(r
         assert answer.startswith(b"HTTP/1.1 408 "), answer[:200]
         assert b"request headers were not received" in answer
     assert healthy.status_code == 200
+
+
+@pytest.mark.parametrize("length", [b"-5", b"lots"])
+def test_a_malformed_content_length_is_400_and_holds_no_budget(rt: Runtime, length: bytes) -> None:
+    app = build_app(rt)
+
+    async def go() -> None:
+        bad = Exchange([b"[]"])
+        await app(http_scope("POST", "/v1/streams/page_views/events", [(b"content-length", length)]), bad.receive,
+                  bad.send)
+        assert bad.status == 400 and b"Content-Length" in bad.body and bad.asked == 0
+        assert app.budget.used == 0
+
+    run(go())

@@ -147,7 +147,6 @@ class Gateway:
         self.endpoints = endpoints  # (name, path regex, scope)
         self.clock = options.clock
         self.rate = RateLimiter(options.default_rate, options.clock)
-        # off the event loop: trimming a large heap takes milliseconds
         self.budget = ByteBudget(options.max_inflight_bytes, self._release_memory)
         self.inflight = 0
 
@@ -210,7 +209,9 @@ class Gateway:
             try:
                 declared = int(length)
             except ValueError:
-                await error(send, 400, "Content-Length is not a number")
+                declared = -1
+            if declared < 0:
+                await error(send, 400, "Content-Length is not a number of bytes")
                 return
             if declared > limit:
                 self.metrics.refused.labels("too_large").inc()
