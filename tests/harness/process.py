@@ -45,6 +45,16 @@ def wait_ready(process: subprocess.Popen[bytes], ready: Callable[[], bool], time
     return f"it was not ready within {timeout:.0f}s"
 
 
+def wait_for(what: Callable[[], bool], timeout: float = 90.0) -> bool:
+    """Whether `what()` became true within `timeout` seconds (a generous bound, not a timing claim)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if what():
+            return True
+        time.sleep(0.1)
+    return False
+
+
 def log_tail(path: Path, chars: int = 2000) -> str:
     return path.read_text(errors="replace")[-chars:] if path.exists() else ""
 

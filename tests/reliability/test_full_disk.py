@@ -12,7 +12,6 @@ import logging
 import os
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -31,6 +30,7 @@ from keel.platform import Platform, free_port
 from keel.project import copy_example
 from keel.runtime import Runtime
 from keel.supervisor import Backoff
+from tests.harness.process import wait_for
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="mounting a tmpfs needs root")
 
@@ -155,15 +155,6 @@ def post(url: str, events: list[dict[str, Any]]) -> httpx.Response:
 
 def views(start: int, n: int) -> list[dict[str, Any]]:
     return [{"user_id": f"u{i % 50}", "item_id": f"i{i}"} for i in range(start, start + n)]
-
-
-def wait_for(what: Callable[[], bool], timeout: float = 90.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if what():
-            return True
-        time.sleep(0.1)
-    return False
 
 
 @pytest.mark.slow

@@ -13,7 +13,6 @@ import socket
 import subprocess
 import sys
 import threading
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -29,6 +28,7 @@ from keel.platform import Platform, free_port
 from keel.project import copy_example
 from keel.runtime import Runtime
 from keel.supervisor import Backoff, Supervisor
+from tests.harness.process import wait_for
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -144,15 +144,6 @@ def test_a_target_that_returns_without_stop_is_restarted() -> None:
 
 def post(url: str, stream: str, events: list[dict[str, Any]]) -> int:
     return httpx.post(f"{url}/v1/streams/{stream}/events", json=events, timeout=30).status_code
-
-
-def wait_for(what: Callable[[], bool], timeout: float = 60.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if what():
-            return True
-        time.sleep(0.1)
-    return False
 
 
 @pytest.fixture
