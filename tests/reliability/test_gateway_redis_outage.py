@@ -130,6 +130,11 @@ def test_redis_outage_mid_load(gateway: tuple[str, Runtime, Any], redis_server: 
     assert any(s == 503 for _, s, _, _ in outage)
     tail = [s for t, s, _, _ in results if t > recovered_at + 0.5]
     assert tail and tail.count(200) / len(tail) > 0.95
-    # connections: bounded by the reader's pool (4) + the endpoint threads' pool, and not growing
+    # connections: bounded by the reader's pool (4) + the endpoint threads' pool. The endpoint pool
+    # opens its connections lazily, so the count may rise between two samples while threads that had
+    # not run yet get work (CI saw 8 -> 10 under a busy CPU); a leak per request or per reconnect would
+    # pass the bound within the thousands of requests made after the restart
     bound = 4 + app.options.workers + 2
-    assert before <= bound and after <= bound and later <= after + 1, (before, after, later)
+    served_after = sum(1 for t, s, _, _ in results if t > recovered_at and s == 200)
+    assert served_after > 2 * bound, served_after  # enough requests that a per-request leak would show
+    assert before <= bound and after <= bound and later <= bound, (before, after, later)
