@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from keel.errors import ConfigError, NotFoundError
+from keel.errors import ConfigError, NotFoundError, SchemaError
 from keel.jobs.base import Run, Scheduler, Task, find_cycle, validate_cron
 from keel.jobs.embedded import EmbeddedScheduler
 
@@ -293,6 +293,15 @@ def test_exhausted_retries_record_the_last_error(tmp_path: Path, rec: Recorder, 
     assert run.error == "KeyError: 'broken broke on 04:05'"
     assert sleeps == [1.0, 2.0, 4.0]
     assert run.started is not None and run.finished is not None and run.started <= run.finished
+
+
+@pytest.mark.parametrize("error", [ConfigError, SchemaError])
+def test_a_mistake_that_a_retry_cannot_fix_fails_at_once(tmp_path: Path, rec: Recorder, sleeps: list[float],
+                                                         error: type[Exception]) -> None:
+    task = Task("wrong", None, rec.body("wrong", fail_times=-1, error=error), retries=3, retry_delay=1.0)
+    run = open_scheduler(tmp_path / "s.db", [task], sleeps).trigger("wrong", at(4, 5))
+    assert (run.state, run.attempts, sleeps) == ("failed", 1, [])
+    assert run.error == f"{error.__name__}: wrong broke on 04:05"
 
 
 def test_interrupting_a_task_marks_its_run_and_propagates(tmp_path: Path) -> None:

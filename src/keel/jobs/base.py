@@ -12,7 +12,8 @@ Contract:
   what it wrote for that date rather than add to it (keel's job runner replaces the output table).
 * A task succeeds when ``run`` returns; anything it raises is a failure recorded on the run as
   ``"<ExceptionType>: <message>"`` and never escapes the scheduler. After a failure it is retried
-  ``retries`` more times, waiting ``retry_delay`` seconds, doubled after each attempt.
+  ``retries`` more times, waiting ``retry_delay`` seconds, doubled after each attempt (not after a
+  ConfigError or SchemaError: a mistake in the project fails its run at once).
 * Upstream: a task runs for logical date D only once each upstream task has succeeded for *its*
   logical date at D — the latest fire time of the upstream's schedule at or before D, which is D
   itself when both share a schedule (a ``"30 3 * * *"`` task waits for its ``"0 3 * * *"`` upstream's

@@ -29,7 +29,7 @@ from typing import Any, cast
 
 from croniter import croniter, croniter_range
 
-from keel.errors import BackendError, ConfigError, NotFoundError
+from keel.errors import BackendError, ConfigError, NotFoundError, SchemaError
 from keel.jobs.base import Run, RunState, Task, find_cycle, latest_fire, validate_cron, validate_tasks
 
 __all__ = ["EmbeddedScheduler", "find_cycle", "validate_cron"]
@@ -235,7 +235,7 @@ class EmbeddedScheduler:
                 task.run(date)
             except Exception as exc:  # a task's failure is data for its run, never the scheduler's
                 error = f"{type(exc).__name__}: {exc}"
-                if attempts > task.retries:
+                if attempts > task.retries or isinstance(exc, (ConfigError, SchemaError)):  # a retry cannot fix those
                     log.error("task %s for %s failed after %d attempts: %s", task.name, date, attempts, error)
                     return self._finish(run_id, "failed", error, attempts=attempts)
                 delay = task.retry_delay * 2 ** (attempts - 1)
