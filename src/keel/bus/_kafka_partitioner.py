@@ -15,6 +15,8 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 
+from keel.bus.base import key_buffers
+
 _M = np.uint32(0x5BD1E995)
 _SEED = np.uint32(0x9747B28C)
 
@@ -46,12 +48,7 @@ def murmur2(keys: pa.Array | pa.ChunkedArray) -> np.ndarray:
     """Kafka's ``Utils.murmur2`` of every key, as uint32 (a null key hashes as b"")."""
     keys = _large_binary(keys)
     n = len(keys)
-    _, offsets_buf, data_buf = keys.buffers()
-    offsets = np.frombuffer(offsets_buf, dtype=np.int64, count=n + 1, offset=keys.offset * 8)
-    raw = np.frombuffer(data_buf, dtype=np.uint8) if data_buf is not None else np.zeros(0, np.uint8)
-    lengths = np.diff(offsets)
-    if keys.null_count:
-        lengths = np.where(keys.is_valid().to_numpy(zero_copy_only=False), lengths, 0)
+    offsets, raw, lengths = key_buffers(keys)
     # A little-endian uint32 starting at every byte (no copy); words are read only where a
     # key has four bytes left, so no read passes the end of the data.
     word_at = np.ndarray(shape=(max(raw.size - 3, 0),), dtype="<u4", buffer=raw, strides=(1,))

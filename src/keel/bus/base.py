@@ -183,6 +183,18 @@ def partition_for(keys: pa.Array | pa.ChunkedArray, partitions: int, start: int 
 _CRC_TABLE: np.ndarray | None = None
 
 
+def key_buffers(keys: pa.Array) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The offsets, data bytes and lengths of a large_binary array, as numpy views (no copy); a null
+    key has length 0, so it hashes as b"" (its partition is chosen apart)."""
+    _, offsets_buf, data_buf = keys.buffers()
+    offsets = np.frombuffer(offsets_buf, dtype=np.int64, count=len(keys) + 1, offset=keys.offset * 8)
+    data = np.frombuffer(data_buf, dtype=np.uint8) if data_buf is not None else np.zeros(0, np.uint8)
+    lengths = np.diff(offsets)
+    if keys.null_count:
+        lengths = np.where(keys.is_valid().to_numpy(zero_copy_only=False), lengths, 0)
+    return offsets, data, lengths
+
+
 def _crc32_each(keys: pa.Array) -> np.ndarray:
     """zlib.crc32 of every value of a large_binary array (nulls give the CRC of b"")."""
     global _CRC_TABLE
@@ -192,12 +204,7 @@ def _crc32_each(keys: pa.Array) -> np.ndarray:
             table = np.where(table & 1, (table >> 1) ^ np.uint32(0xEDB88320), table >> 1).astype(np.uint32)
         _CRC_TABLE = table
     n = len(keys)
-    _, offsets_buf, data_buf = keys.buffers()
-    offsets = np.frombuffer(offsets_buf, dtype=np.int64, count=n + 1, offset=keys.offset * 8)
-    data = np.frombuffer(data_buf, dtype=np.uint8) if data_buf is not None else np.zeros(0, np.uint8)
-    lengths = np.diff(offsets)
-    if keys.null_count:
-        lengths = np.where(keys.is_valid().to_numpy(zero_copy_only=False), lengths, 0)
+    offsets, data, lengths = key_buffers(keys)
     # longest keys first, so the keys still running at byte j are a prefix of the order
     order = np.argsort(-lengths, kind="stable")
     starts = offsets[:-1][order]
