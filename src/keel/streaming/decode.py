@@ -243,29 +243,28 @@ def _screened(screen: msgspec.json.Decoder[Any], raw: bytes, name: str) -> str |
     except msgspec.DecodeError as err:
         if b"NaN" in raw or b"Infinity" in raw:  # not JSON, but Arrow reads them as floats: let it judge
             return None
-        if not raw.strip():
-            return f"empty value: expected a JSON object of {name}"
-        try:
-            raw.decode("utf-8")
-        except UnicodeDecodeError as bad:
-            return f"not UTF-8 text (invalid byte at {bad.start}): expected a JSON object of {name}"
-        return f"not JSON ({err}): expected a JSON object of {name}"
+        return _not_json(raw, name, err)
+
+
+def _not_json(raw: bytes, name: str, err: msgspec.DecodeError) -> str:
+    """Why a value msgspec could not decode is no JSON object: empty, not UTF-8, or not JSON."""
+    if not raw.strip():
+        return f"empty value: expected a JSON object of {name}"
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError as bad:
+        return f"not UTF-8 text (invalid byte at {bad.start}): expected a JSON object of {name}"
+    return f"not JSON ({err}): expected a JSON object of {name}"
 
 
 def reason(raw: bytes, schema: type[Event], exc: Exception) -> str:
     """Why a value is not an event of `schema`, for the dead-letter record (Arrow's message names
     neither the field of a missing value nor anything a person can act on, so it is the last resort)."""
     name = schema.__name__
-    if not raw.strip():
-        return f"empty value: expected a JSON object of {name}"
     try:
-        raw.decode("utf-8")
-    except UnicodeDecodeError as err:
-        return f"not UTF-8 text (invalid byte at {err.start}): expected a JSON object of {name}"
-    try:
-        obj = msgspec.json.decode(raw)
+        obj = msgspec.json.decode(raw)  # refuses invalid UTF-8 too
     except msgspec.DecodeError as err:
-        return f"not JSON ({err}): expected a JSON object of {name}"
+        return _not_json(raw, name, err)
     problems = [p for p in describe_errors(schema, obj, 0) if p["error"] != "unknown field"]
     if problems:
         return f"not a valid {name}: " + "; ".join(
