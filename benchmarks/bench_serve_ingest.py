@@ -26,11 +26,11 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_serve_views import PEERS, free_port, parse_wrk, wait_port
 
-from keel.project import copy_example
+from keel.project.loading import copy_example
 
 SERVE_KEEL = """
 import sys, uvicorn
-from keel.runtime import Runtime
+from keel.run.runtime import Runtime
 from keel.serve.app import build_app
 rt = Runtime.open(sys.argv[1])
 rt.ensure()

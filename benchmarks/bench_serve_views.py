@@ -40,7 +40,7 @@ kv = "{kv}"
 PROJECT_MODULE = 'import keel\nitems = keel.view("items", owner="bench")\n'
 SERVE_KEEL = """
 import sys, uvicorn
-from keel.runtime import Runtime
+from keel.run.runtime import Runtime
 from keel.serve.app import build_app
 rt = Runtime.open(sys.argv[1])
 uvicorn.run(build_app(rt), host="127.0.0.1", port=int(sys.argv[2]), log_level="warning", access_log=False)

@@ -35,7 +35,7 @@ import pyarrow as pa
 import keel
 from keel.bus import open_bus
 from keel.bus.base import StreamConfig
-from keel.catalog import collecting
+from keel.project.catalog import collecting
 from keel.kv import open_kv
 from keel.kv.views import Views
 from keel.lake import open_lake
@@ -50,7 +50,7 @@ class Click(keel.Event):
     item_id: int
 
 
-def declare() -> keel.declare.Aggregation:
+def declare() -> keel.project.declare.Aggregation:
     with collecting():
         clicks = keel.stream("clicks", Click, key=None)
 

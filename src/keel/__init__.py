@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from keel.declare import (
+from keel.project.declare import (
     aggregate,
     endpoint,
     experiment,
@@ -27,14 +27,14 @@ from keel.declare import (
     volume,
 )
 from keel.errors import KeelError
-from keel.schema import Event
+from keel.project.schema import Event
 
 __version__ = "0.1.0"
 
 
 def connect(project: str = ".", profile: str | None = None) -> Any:
     """A SQL session over the project's lake tables (DuckDB), for notebooks: ``keel.connect().sql("...")``."""
-    from keel.runtime import Runtime
+    from keel.run.runtime import Runtime
 
     return Runtime.open(project, profile=profile).sql_session()
 

@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from keel.engines import scheme_of
+from keel.schemes import scheme_of
 from keel.kv import KeyValue, open_kv
 from tests.contract import kv_race_writer
 

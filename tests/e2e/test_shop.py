@@ -13,15 +13,15 @@ from pathlib import Path
 import httpx
 import pytest
 
-from keel.demo import run_demo
-from keel.platform import free_port
-from keel.runtime import Runtime
+from keel.cli.demo import run_demo
+from keel.run.host import free_port
+from keel.run.runtime import Runtime
 
 pytestmark = pytest.mark.slow
 
 
 def start_up(root: Path, port: int) -> subprocess.Popen[bytes]:
-    proc = subprocess.Popen([sys.executable, "-m", "keel.cli", "up", "-p", str(root), "--port", str(port)],
+    proc = subprocess.Popen([sys.executable, "-m", "keel.cli.commands", "up", "-p", str(root), "--port", str(port)],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
@@ -40,7 +40,7 @@ def start_up(root: Path, port: int) -> subprocess.Popen[bytes]:
 @pytest.fixture
 def shop(tmp_path: Path) -> Path:
     root = tmp_path / "shop"
-    subprocess.run([sys.executable, "-m", "keel.cli", "init", str(root)], check=True, capture_output=True)
+    subprocess.run([sys.executable, "-m", "keel.cli.commands", "init", str(root)], check=True, capture_output=True)
     return root
 
 

@@ -19,8 +19,8 @@ import schemathesis
 from hypothesis import HealthCheck, given, settings
 from schemathesis import GenerationMode
 
-from keel.project import copy_example
-from keel.runtime import Runtime
+from keel.project.loading import copy_example
+from keel.run.runtime import Runtime
 from keel.serve.app import build_app, gateway_options
 from keel.serve.keys import create_key
 

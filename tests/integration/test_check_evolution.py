@@ -18,9 +18,9 @@ import pytest
 
 from keel.bus import open_bus
 from keel.bus.base import StreamConfig
-from keel.catalog_checks import deployed_problems
+from keel.project.checks import deployed_problems
 from keel.lake import open_lake
-from keel.project import load_project
+from keel.project.loading import load_project
 
 OLD_TABLE = pa.schema([
     pa.field("event_id", pa.string(), nullable=False),
@@ -111,7 +111,7 @@ def test_a_declaration_older_than_the_events_on_the_bus_is_refused(tmp_path: Pat
 
 def test_keel_check_prints_the_breaking_change_and_exits_1(tmp_path: Path) -> None:
     root = deployed(project(tmp_path, "user_id: str\n        price: int | None = None"))
-    done = subprocess.run([sys.executable, "-m", "keel.cli", "check", "-p", str(root)], capture_output=True,
+    done = subprocess.run([sys.executable, "-m", "keel.cli.commands", "check", "-p", str(root)], capture_output=True,
                           text=True, timeout=120)
     assert done.returncode == 1, done.stdout + done.stderr
     assert "removes required field 'item_id'" in done.stdout + done.stderr
@@ -120,7 +120,7 @@ def test_keel_check_prints_the_breaking_change_and_exits_1(tmp_path: Path) -> No
 
 def test_tables_written_by_the_real_landing_and_aggregation_pass_unchanged(tmp_path: Path) -> None:
     import keel
-    from keel.catalog import collecting
+    from keel.project.catalog import collecting
     from keel.streaming.runner import Runner
     from tests.unit.test_stream_runner import Click, drain, engines, produce
 

@@ -11,15 +11,15 @@ from pathlib import Path
 
 import pytest
 
-from keel import project as keel_project
-from keel.cli import main
+from keel.project import loading as keel_project
+from keel.cli.commands import main
 
-from keel.runtime import Runtime
+from keel.run.runtime import Runtime
 from keel.serve.ingest import parse_events, to_batch
 
 
 def keel(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "keel.cli", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "keel.cli.commands", *args], capture_output=True, text=True,
                           env={**os.environ, "COLUMNS": "200", **(env or {})}, timeout=120)
 
 
@@ -53,8 +53,8 @@ def test_tail_shows_decoded_events(shop: Path) -> None:
 def test_run_a_job_then_query_it(shop: Path) -> None:
     up = subprocess.Popen([sys.executable, "-c", f"""
 import threading, time
-from keel.runtime import Runtime
-from keel.platform import Platform, free_port
+from keel.run.runtime import Runtime
+from keel.run.host import Platform, free_port
 p = Platform(Runtime.open({str(shop)!r}), port=free_port())
 p.start(gateway=False)
 assert p.wait_idle(60)

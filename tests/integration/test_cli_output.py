@@ -15,9 +15,9 @@ import pyarrow as pa
 import pytest
 from rich.console import Console
 
-from keel._console import print_rows
+from keel.cli.render import print_rows
 from keel.bus.base import HEADERS_TYPE, dlq_name
-from keel.runtime import Runtime
+from keel.run.runtime import Runtime
 from keel.serve.ingest import parse_events, to_batch
 
 WIDTH = 80
@@ -27,7 +27,7 @@ COMMANDS = [["init"], ["check"], ["up"], ["demo"], ["status"], ["sql"], ["tables
 
 
 def keel(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "keel.cli", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "keel.cli.commands", *args], capture_output=True, text=True,
                           env={**os.environ, "COLUMNS": str(WIDTH), **(env or {})}, timeout=120)
 
 
@@ -159,7 +159,7 @@ def test_usage_errors_exit_2(shop: Path, args: list[str]) -> None:
 def test_a_reader_that_stops_early_is_not_a_bug(shop: Path) -> None:
     # `keel sql ... | head -1`: 100,000 rows are far more than a pipe holds, so keel is still writing
     # when the reader goes away
-    proc = subprocess.Popen([sys.executable, "-m", "keel.cli", "sql", "select range as n from range(100000)",
+    proc = subprocess.Popen([sys.executable, "-m", "keel.cli.commands", "sql", "select range as n from range(100000)",
                              "--format", "csv", "-p", str(shop)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             env={**os.environ, "COLUMNS": str(WIDTH)})
     assert proc.stdout is not None and proc.stderr is not None

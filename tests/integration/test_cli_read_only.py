@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from keel.bus import StreamConfig
-from keel.runtime import Runtime
+from keel.run.runtime import Runtime
 
 READ_COMMANDS = [
     (["status"], 0, "not created yet"),
@@ -28,7 +28,7 @@ READ_COMMANDS = [
 
 
 def keel(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "keel.cli", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "keel.cli.commands", *args], capture_output=True, text=True,
                           env={**os.environ, "COLUMNS": "80", **(env or {})}, timeout=120)
 
 

@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 from starlette.testclient import TestClient
 
-from keel.project import copy_example
-from keel.runtime import Runtime
+from keel.project.loading import copy_example
+from keel.run.runtime import Runtime
 from keel.serve.app import build_app, gateway_options
 from keel.serve.keys import create_key, revoke_key
 

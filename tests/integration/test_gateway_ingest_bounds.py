@@ -11,8 +11,8 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from starlette.testclient import TestClient
 
-from keel.project import copy_example
-from keel.runtime import Runtime
+from keel.project.loading import copy_example
+from keel.run.runtime import Runtime
 from keel.serve.app import build_app
 from keel.serve.keys import create_key
 

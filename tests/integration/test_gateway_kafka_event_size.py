@@ -10,9 +10,9 @@ from collections.abc import Iterator
 import pytest
 from starlette.testclient import TestClient
 
-from keel.declare import DEFAULT_MAX_EVENT_BYTES
-from keel.project import copy_example
-from keel.runtime import Runtime
+from keel.project.declare import DEFAULT_MAX_EVENT_BYTES
+from keel.project.loading import copy_example
+from keel.run.runtime import Runtime
 from keel.serve.app import build_app
 from keel.serve.keys import create_key
 from tests.harness.kafka import KafkaBroker

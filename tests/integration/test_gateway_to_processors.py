@@ -12,9 +12,9 @@ import pytest
 from starlette.testclient import TestClient
 
 from keel.bus import dlq_name
-from keel.declare import DEFAULT_MAX_EVENT_BYTES
-from keel.project import copy_example
-from keel.runtime import Runtime
+from keel.project.declare import DEFAULT_MAX_EVENT_BYTES
+from keel.project.loading import copy_example
+from keel.run.runtime import Runtime
 from keel.serve.app import build_app
 from keel.serve.keys import create_key
 from keel.streaming.runner import Runner

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import uvicorn
 
-from keel.runtime import Runtime
+from keel.run.runtime import Runtime
 from keel.serve.app import build_app, gateway_options
 from keel.serve.front import StampedHttp
 

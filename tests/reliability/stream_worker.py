@@ -18,7 +18,7 @@ from typing import Any
 
 import keel
 from keel.bus import open_bus
-from keel.catalog import collecting
+from keel.project.catalog import collecting
 from keel.kv import open_kv
 from keel.kv.views import Views
 from keel.lake import open_lake

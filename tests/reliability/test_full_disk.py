@@ -26,10 +26,10 @@ from keel.bus.file import FileBus
 from keel.errors import BackendError, DurabilityError
 from keel.jobs.base import Task
 from keel.jobs.embedded import EmbeddedScheduler
-from keel.platform import Platform, free_port
-from keel.project import copy_example
-from keel.runtime import Runtime
-from keel.supervisor import Backoff
+from keel.run.host import Platform, free_port
+from keel.project.loading import copy_example
+from keel.run.runtime import Runtime
+from keel.run.supervisor import Backoff
 from tests.harness.process import wait_for
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="mounting a tmpfs needs root")

@@ -20,9 +20,9 @@ import httpx
 import pytest
 import uvicorn
 
-from keel.platform import free_port
-from keel.project import copy_example
-from keel.runtime import Runtime
+from keel.run.host import free_port
+from keel.project.loading import copy_example
+from keel.run.runtime import Runtime
 from keel.serve.app import build_app, gateway_options
 
 pytestmark = pytest.mark.slow

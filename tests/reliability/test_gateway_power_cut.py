@@ -21,10 +21,10 @@ import httpx
 import pytest
 import uvicorn
 
-from keel.config import file_path
-from keel.platform import free_port
-from keel.project import copy_example
-from keel.runtime import Runtime
+from keel.schemes import file_path
+from keel.run.host import free_port
+from keel.project.loading import copy_example
+from keel.run.runtime import Runtime
 from keel.serve.app import build_app
 from keel.serve.front import StampedHttp
 from tests.reliability.test_bus_crash import PowerCut, read_everything, reboot

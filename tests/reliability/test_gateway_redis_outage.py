@@ -16,9 +16,9 @@ import pytest
 import redis
 import uvicorn
 
-from keel.platform import free_port
-from keel.project import copy_example
-from keel.runtime import Runtime
+from keel.run.host import free_port
+from keel.project.loading import copy_example
+from keel.run.runtime import Runtime
 from keel.serve.app import build_app, gateway_options
 from keel.serve.resilience import BackendPolicy
 

@@ -24,10 +24,10 @@ import redis
 
 from keel.errors import BackendError, ConfigError
 from keel.monitor.streams import stream_registry
-from keel.platform import Platform, free_port
-from keel.project import copy_example
-from keel.runtime import Runtime
-from keel.supervisor import Backoff, Supervisor
+from keel.run.host import Platform, free_port
+from keel.project.loading import copy_example
+from keel.run.runtime import Runtime
+from keel.run.supervisor import Backoff, Supervisor
 from tests.harness.process import wait_for
 
 REPO = Path(__file__).resolve().parents[2]
@@ -122,9 +122,9 @@ def test_a_keel_error_is_one_line_and_a_bug_has_its_traceback_once(caplog: pytes
     steps = [fail(BackendError("the bucket is gone: create it")), fail(KeyError("bug")), fail(KeyError("bug")),
              fail(BackendError("again"))]
     sup = Supervisor("sv-log", scripted(steps, stop), stop, lambda m: None, clock=t.clock, wait=t.wait)
-    with caplog.at_level(logging.ERROR, logger="keel.platform"):
+    with caplog.at_level(logging.ERROR, logger="keel.run.host"):
         sup.run()
-    records = [r for r in caplog.records if r.name == "keel.platform"]
+    records = [r for r in caplog.records if r.name == "keel.run.host"]
     assert len(records) == 4
     assert [r.exc_info is not None for r in records] == [False, True, False, False]
     assert "the bucket is gone: create it" in records[0].getMessage()
@@ -190,7 +190,7 @@ def test_redis_outage_restarts_the_view_processors_while_the_rest_goes_on(
 
 
 def keel_cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "keel.cli", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "keel.cli.commands", *args], capture_output=True, text=True,
                           env={**os.environ, "COLUMNS": "200", **env}, timeout=120, cwd=REPO)
 
 
@@ -224,7 +224,7 @@ def test_keel_up_prints_each_kafka_durability_warning_once(shop: Path, tmp_path:
     prefix = f"up-{uuid.uuid4().hex[:8]}."
     env = {**os.environ, "COLUMNS": "200", "KEEL_BUS": f"{kafka_bootstrap}?topic_prefix={prefix}",
            "KEEL_LAKE": f"file://{tmp_path / 'lake'}", "KEEL_KV": f"file://{tmp_path / 'kv.db'}"}
-    up = subprocess.Popen([sys.executable, "-m", "keel.cli", "up", "-p", str(shop), "--profile", "prod",
+    up = subprocess.Popen([sys.executable, "-m", "keel.cli.commands", "up", "-p", str(shop), "--profile", "prod",
                            "--port", str(free_port())], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                           env=env, cwd=REPO)
     try:

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from keel.errors import ConfigError, ProjectError
-from keel.project import load_project
+from keel.project.loading import load_project
 
 HEADER = '''
 import keel
@@ -131,7 +131,7 @@ def test_cli_prints_problems_without_traceback(tmp_path: Path) -> None:
     @keel.job(schedule="61 * * * *", inputs=["missing"], output=keel.table("out"))
     def daily(ctx): return "select 1"
     ''')
-    r = subprocess.run([sys.executable, "-m", "keel.cli", "check", "-p", str(root)], capture_output=True, text=True)
+    r = subprocess.run([sys.executable, "-m", "keel.cli.commands", "check", "-p", str(root)], capture_output=True, text=True)
     assert r.returncode == 1
     assert "Traceback" not in r.stderr + r.stdout
     assert "2 problem(s)" in r.stderr

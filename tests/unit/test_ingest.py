@@ -10,7 +10,7 @@ import pytest
 
 import keel
 from keel.errors import ValidationError
-from keel.declare import Stream
+from keel.project.declare import Stream
 from keel.serve.ingest import accepted_body, check_bounds, parse_events, to_batch
 from keel.streaming.decode import to_events
 
@@ -135,7 +135,7 @@ def test_a_stream_declares_its_event_time_window() -> None:
 
 
 def test_the_declaration_takes_durations_and_refuses_nonsense() -> None:
-    from keel.catalog import collecting
+    from keel.project.catalog import collecting
 
     with collecting():
         s = keel.stream("s", Purchase, max_future="2h", max_past="30d", max_event_bytes=4096)

@@ -16,7 +16,7 @@ import pyarrow as pa
 import pytest
 
 import keel
-from keel.catalog import Catalog, collecting
+from keel.project.catalog import Catalog, collecting
 from keel.errors import BackendError, ConflictError
 from keel.jobs.embedded import EmbeddedScheduler
 from keel.jobs.run import run_job, scheduler_tasks

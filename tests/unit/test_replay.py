@@ -120,7 +120,7 @@ def test_a_time_start_skips_partitions_with_nothing_after_it_and_reads_the_other
 
     import keel
     from keel.bus.base import StreamConfig
-    from keel.catalog import collecting
+    from keel.project.catalog import collecting
     from tests.unit.test_stream_runner import Click, engines
 
     with collecting():

@@ -18,9 +18,9 @@ import uvicorn
 
 from keel.errors import BackendError
 from keel.experiments.assign import assign_one
-from keel.platform import free_port
-from keel.project import copy_example
-from keel.runtime import Runtime
+from keel.run.host import free_port
+from keel.project.loading import copy_example
+from keel.run.runtime import Runtime
 from keel.serve.app import build_app, gateway_options
 from keel.serve.front import ARRIVED, StampedHttp
 from keel.serve.keys import create_key
@@ -417,7 +417,7 @@ def test_a_client_that_stalls_its_body_gets_408_and_the_server_stays_up(rt: Runt
 
 
 def test_the_overload_limits_come_from_the_profile_or_the_environment(tmp_path: Path) -> None:
-    from keel.config import load_config
+    from keel.project.config import load_config
     from keel.errors import ConfigError
 
     (tmp_path / "keel.toml").write_text('[project]\nmodule = "m"\n[profiles.local]\nmax_inflight_bytes = 1000\n')

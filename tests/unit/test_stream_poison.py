@@ -21,7 +21,7 @@ import pytest
 import keel
 from keel.bus import dlq_name, ops
 from keel.bus.base import HEADERS_TYPE, StreamConfig
-from keel.catalog import collecting
+from keel.project.catalog import collecting
 from keel.streaming.runner import Runner
 from tests.unit.test_stream_runner import engines
 

@@ -17,7 +17,7 @@ import pytest
 import keel
 from keel.bus import open_bus
 from keel.bus.base import StreamConfig
-from keel.catalog import collecting
+from keel.project.catalog import collecting
 from keel.kv import open_kv
 from keel.kv.views import Views
 from keel.lake import open_lake

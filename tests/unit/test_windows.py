@@ -7,7 +7,7 @@ from datetime import datetime, timedelta, timezone
 import polars as pl
 
 import keel
-from keel.catalog import collecting
+from keel.project.catalog import collecting
 from keel.streaming.windows import WindowState
 
 
@@ -16,7 +16,7 @@ class View(keel.Event):
     item_id: str
 
 
-def declaration(window: keel.declare.Window, lateness: str = "0s") -> keel.declare.Aggregation:
+def declaration(window: keel.project.declare.Window, lateness: str = "0s") -> keel.project.declare.Aggregation:
     with collecting():
         s = keel.stream("views", View)
 

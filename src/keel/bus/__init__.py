@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from keel.bus.base import Bus, Consumer, StreamConfig, dlq_name
-from keel.engines import open_engine
+from keel.schemes import open_engine
 
 ENGINES = {
     "file": "keel.bus.file:open_file_bus",

@@ -59,7 +59,7 @@ from keel.bus.base import (
     dlq_name,
     partition_for,
 )
-from keel.config import file_path
+from keel.schemes import file_path
 from keel.errors import (
     BackendError,
     ConfigError,

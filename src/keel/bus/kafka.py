@@ -53,7 +53,7 @@ from keel.bus.base import (
     conform_produce,
     dlq_name,
 )
-from keel.engines import require
+from keel.schemes import require
 from keel.errors import (
     BackendError,
     ConfigError,

@@ -6,9 +6,9 @@ A project that declares an experiment gets, built in, the stream `exposures`, th
 
 from __future__ import annotations
 
-from keel.catalog import Catalog
-from keel.declare import Processor, Stream, Table
-from keel.schema import Event
+from keel.project.catalog import Catalog
+from keel.project.declare import Processor, Stream, Table
+from keel.project.schema import Event
 
 EXPOSURES = "exposures"
 

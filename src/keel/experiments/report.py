@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from keel.declare import Experiment, Metric
+from keel.project.declare import Experiment, Metric
 from keel.errors import NotFoundError
 from keel.experiments.analysis import ExperimentResult, analyze
 from keel.experiments.exposures import EXPOSURES

@@ -23,7 +23,7 @@ from typing import Any
 import polars as pl
 import pyarrow as pa
 
-from keel.declare import Job, Table
+from keel.project.declare import Job, Table
 from keel.errors import ConflictError, KeelError
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from keel.engines import open_engine
+from keel.schemes import open_engine
 from keel.kv.base import KeyValue
 
 # The one scheme table of fast storage: scheme -> the sync engine.

@@ -18,7 +18,7 @@ import importlib
 from collections.abc import Callable, Sequence
 from typing import Protocol, runtime_checkable
 
-from keel.engines import scheme_of
+from keel.schemes import scheme_of
 from keel.kv import ASYNC_READERS, ENGINES
 from keel.kv.base import KeyValue
 

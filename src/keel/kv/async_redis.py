@@ -21,7 +21,7 @@ import asyncio
 from collections.abc import Sequence
 from typing import Any
 
-from keel.engines import require
+from keel.schemes import require
 from keel.errors import BackendError, ConfigError
 from keel.kv.redis import check_tls_files, safe_url, translate
 

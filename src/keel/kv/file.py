@@ -38,7 +38,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
-from keel.config import file_path
+from keel.schemes import file_path
 from keel.errors import BackendError, ConfigError
 
 _T = TypeVar("_T")

@@ -28,7 +28,7 @@ from typing import Any, TypeVar
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit, urlunsplit
 
-from keel.engines import require
+from keel.schemes import require
 from keel.errors import BackendError, ConfigError
 
 _T = TypeVar("_T")

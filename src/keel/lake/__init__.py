@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from keel.engines import open_engine
+from keel.schemes import open_engine
 from keel.lake.base import Lake, TableInfo, WriterCommit
 
 ENGINES = {

@@ -20,7 +20,7 @@ from collections.abc import Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
-from keel.config import file_path
+from keel.schemes import file_path
 from keel.errors import BackendError, ConfigError
 
 # Sources deltalake's object store reads itself when botocore is not installed.

@@ -34,7 +34,7 @@ from deltalake import CommitProperties, DeltaTable, Transaction, write_deltalake
 from deltalake.exceptions import CommitFailedError, DeltaError, SchemaMismatchError, TableNotFoundError
 from deltalake.fs import DeltaStorageHandler
 
-from keel.engines import scheme_of
+from keel.schemes import scheme_of
 from keel.errors import ConfigError, ConflictError, KeelError, NotFoundError, SchemaError, UnknownSchemeError
 from keel.lake._conform import canonical_schema, conform
 from keel.lake._filters import columns_error, filtered

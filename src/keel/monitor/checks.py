@@ -5,9 +5,9 @@ from __future__ import annotations
 from datetime import datetime, timezone
 from typing import Any
 
-from keel.declare import Check
+from keel.project.declare import Check
 from keel.errors import KeelError
-from keel.schema import EVENT_TIME
+from keel.project.schema import EVENT_TIME
 
 
 def run_check(runtime: Any, check: Check) -> dict[str, Any]:

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from keel.config import Config, file_path
+from keel.project.config import Config
+from keel.schemes import file_path
 from keel.errors import NotFoundError
 
 NOT_CREATED = "not created yet"

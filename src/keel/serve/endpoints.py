@@ -21,7 +21,7 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import Response
 
-from keel.declare import Endpoint
+from keel.project.declare import Endpoint
 from keel.errors import BackendError, ValidationError
 from keel.experiments.assign import assign_one
 from keel.experiments.exposures import EXPOSURES, Exposure

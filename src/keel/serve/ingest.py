@@ -26,9 +26,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from keel.bus.base import HEADERS_TYPE, TIMESTAMP_TYPE
-from keel.declare import EARLIEST_EVENT_TIME, LATEST_EVENT_TIME, Stream
+from keel.project.declare import EARLIEST_EVENT_TIME, LATEST_EVENT_TIME, Stream
 from keel.errors import ValidationError
-from keel.schema import Event, describe_errors
+from keel.project.schema import Event, describe_errors
 
 _encoder = msgspec.json.Encoder()
 _NEWLINE = ord("\n")

@@ -11,7 +11,7 @@ from typing import Any
 import msgspec
 import msgspec.inspect
 
-from keel.catalog import Catalog
+from keel.project.catalog import Catalog
 from keel.serve.ingest import storable_schema
 
 _ERROR = {"type": "object", "properties": {"error": {"type": "string"}, "errors": {"type": "array"}}}

@@ -32,9 +32,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.json as pj
 
-from keel import declare
-from keel.declare import seconds
-from keel.schema import (
+from keel.project import declare
+from keel.project.declare import seconds
+from keel.project.schema import (
     EVENT_DATE,
     EVENT_ID,
     EVENT_TIME,
@@ -104,7 +104,7 @@ class TimeBounds:
 
 
 def time_bounds(stream: object) -> TimeBounds:
-    """The bounds `stream` declares (those the gateway applies at ingest, see `keel.declare.Stream`)."""
+    """The bounds `stream` declares (those the gateway applies at ingest, see `keel.project.declare.Stream`)."""
     earliest = getattr(declare, "EARLIEST_EVENT_TIME", None)
     latest = getattr(declare, "LATEST_EVENT_TIME", None)  # exclusive
     return TimeBounds(

@@ -14,7 +14,7 @@ from typing import Any
 
 import polars as pl
 
-from keel.declare import Lookup
+from keel.project.declare import Lookup
 
 
 def enrich(batch: pl.DataFrame, views: Any, lookup: Lookup) -> pl.DataFrame:

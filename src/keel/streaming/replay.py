@@ -38,7 +38,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from keel.declare import Aggregation, Processor, Table
+from keel.project.declare import Aggregation, Processor, Table
 from keel.errors import BackendError, KeelError, NotFoundError
 from keel.lake import open_lake
 from keel.streaming.checkpoint import claim, release

@@ -30,7 +30,7 @@ import pyarrow as pa
 
 from keel.bus import dlq_name
 from keel.bus.ops import CONTEXT_HEADERS as _CONTEXT
-from keel.declare import Aggregation, Processor
+from keel.project.declare import Aggregation, Processor
 from keel.errors import BackendError, ConflictError, KeelError, SchemaError
 from keel.monitor.streams import processor_metrics
 from keel.streaming.enrich import enrich

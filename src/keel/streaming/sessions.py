@@ -17,8 +17,8 @@ from __future__ import annotations
 import numpy as np
 import polars as pl
 
-from keel.declare import Aggregation
-from keel.schema import EVENT_TIME
+from keel.project.declare import Aggregation
+from keel.project.schema import EVENT_TIME
 from keel.streaming.measures import Measure
 from keel.streaming.windows import WEND, WSTART, Emitted, advance_watermark, overflowing
 

@@ -34,8 +34,8 @@ import numpy as np
 import polars as pl
 import pyarrow as pa
 
-from keel.declare import Aggregation, Processor, Table, View
-from keel.schema import table_schema
+from keel.project.declare import Aggregation, Processor, Table, View
+from keel.project.schema import table_schema
 from keel.streaming.checkpoint import (
     Unit,
     claim,

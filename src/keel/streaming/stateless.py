@@ -30,8 +30,8 @@ import numpy as np
 import polars as pl
 import pyarrow as pa
 
-from keel.declare import Processor, Table, View
-from keel.schema import table_schema
+from keel.project.declare import Processor, Table, View
+from keel.project.schema import table_schema
 from keel.streaming.decode import decode_records, time_bounds
 from keel.streaming.sinks import keyed_view_rows, write_view_rows
 

@@ -25,8 +25,8 @@ from dataclasses import dataclass
 import numpy as np
 import polars as pl
 
-from keel.declare import Aggregation
-from keel.schema import EVENT_TIME
+from keel.project.declare import Aggregation
+from keel.project.schema import EVENT_TIME
 from keel.streaming.decode import EARLIEST_US, LATEST_US
 from keel.streaming.measures import Measure
 

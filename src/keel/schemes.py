@@ -5,13 +5,21 @@ from __future__ import annotations
 import importlib
 from collections.abc import Callable, Mapping
 from typing import Any
+from pathlib import Path
 from urllib.parse import urlsplit
 
-from keel.errors import MissingExtraError, UnknownSchemeError
+from keel.errors import ConfigError, MissingExtraError, UnknownSchemeError
 
 
 def scheme_of(url: str) -> str:
     return urlsplit(url).scheme
+
+
+def file_path(url: str) -> Path:
+    """The local path of a `file://` URL (as the profile config resolves them)."""
+    if not url.startswith("file://"):
+        raise ConfigError(f"expected a file:// URL, got {url!r}")
+    return Path(url[len("file://"):])
 
 
 def open_engine(area: str, url: str, table: Mapping[str, str], **options: Any) -> Any:

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 from keel.errors import Problem
 
 if TYPE_CHECKING:
-    from keel.declare import Declaration
+    from keel.project.declare import Declaration
 
 _NAME = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
 _loading: list[Catalog] = []
@@ -110,7 +110,7 @@ class Catalog:
         return {j.name: tuple(writer[i] for i in j.inputs if i in writer) for j in self.jobs.values()}
 
     def problems(self) -> list[Problem]:
-        from keel.catalog_checks import all_problems
+        from keel.project.checks import all_problems
 
         return all_problems(self)
 

@@ -13,14 +13,15 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from keel.bus import Bus, StreamConfig, open_bus
-from keel.catalog import Catalog
-from keel.config import Config, file_path
-from keel.declare import Stream, seconds
+from keel.project.catalog import Catalog
+from keel.project.config import Config
+from keel.schemes import file_path
+from keel.project.declare import Stream, seconds
 from keel.errors import BackendError, ConfigError, KeelError
 from keel.kv import KeyValue, open_kv
 from keel.kv.views import Views
 from keel.lake import Lake, open_lake
-from keel.project import Project, load_project
+from keel.project.loading import Project, load_project
 
 
 class Runtime:

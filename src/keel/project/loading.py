@@ -11,8 +11,8 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
-from keel.catalog import Catalog, collecting
-from keel.config import Config, load_config
+from keel.project.catalog import Catalog, collecting
+from keel.project.config import Config, load_config
 from keel.errors import KeelError, Problem, ProjectError
 from keel.experiments.exposures import add_exposures
 

@@ -84,13 +84,6 @@ def resolve_url(url: str, root: Path) -> str:
     return f"file://{path}"
 
 
-def file_path(url: str) -> Path:
-    """The local path of a `file://` URL produced by `resolve_url`."""
-    if not url.startswith("file://"):
-        raise ConfigError(f"expected a file:// URL, got {url!r}")
-    return Path(url[len("file://"):])
-
-
 def load_config(root: Path | str, profile: str | None = None, env: Mapping[str, str] | None = None) -> Config:
     """Read `root/keel.toml` and the KEEL_* variables of `env` (default: os.environ) once."""
     env = os.environ if env is None else env

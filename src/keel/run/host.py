@@ -1,7 +1,7 @@
 """A running project: its gateway, processors and scheduler in one process (`keel up`, `keel demo`).
 
 Processors and the scheduler run in threads (their engines release the GIL for I/O and columnar
-work); the gateway runs under uvicorn. Each runs under a `keel.supervisor.Supervisor`: one that
+work); the gateway runs under uvicorn. Each runs under a `keel.run.supervisor.Supervisor`: one that
 fails (a backend gone away, a full disk, a bug) is reported and restarted with backoff while the
 others go on; only a ConfigError stops the platform (`errors`). `start()` first opens every engine
 of the profile, so an unreachable backend or a missing bucket is one clear error before anything
@@ -22,17 +22,17 @@ from typing import Any
 
 import uvicorn
 
-from keel.declare import Aggregation, Processor
+from keel.project.declare import Aggregation, Processor
 from keel.errors import BackendError, ConfigError
 from keel.jobs.embedded import EmbeddedScheduler
 from keel.jobs.run import scheduler_tasks
-from keel.runtime import Runtime
+from keel.run.runtime import Runtime
 from keel.serve.app import build_app
 from keel.serve.front import StampedHttp
 from keel.streaming.runner import Runner
-from keel.supervisor import Backoff, Supervisor
+from keel.run.supervisor import Backoff, Supervisor
 
-log = logging.getLogger("keel.platform")
+log = logging.getLogger("keel.run.host")
 
 
 @dataclass

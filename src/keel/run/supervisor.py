@@ -30,7 +30,7 @@ from prometheus_client import Counter, Gauge
 from keel.errors import ConfigError, KeelError
 from keel.monitor.streams import stream_registry
 
-log = logging.getLogger("keel.platform")
+log = logging.getLogger("keel.run.host")
 
 RESTARTS = Counter("keel_component_restarts", "restarts of a component of `keel up` after it failed",
                    ["component"], registry=stream_registry())

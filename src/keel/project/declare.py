@@ -2,7 +2,7 @@
 experiments, metrics and checks.
 
 Each call records where it was made (file and line) so `keel check` can point at it, and registers
-itself in the catalog being loaded (see `keel.catalog`). Declarations are plain frozen data: the
+itself in the catalog being loaded (see `keel.project.catalog`). Declarations are plain frozen data: the
 engines read them; they never run anything themselves.
 """
 
@@ -15,8 +15,8 @@ from datetime import UTC, datetime
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from keel.catalog import register
-from keel.schema import Event
+from keel.project.catalog import register
+from keel.project.schema import Event
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)\s*$")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from keel.catalog import Catalog, valid_name
+from keel.project.catalog import Catalog, valid_name
 from keel.errors import Problem
-from keel.schema import EVENT_DATE, EVENT_ID, EVENT_TIME, event_fields, field_problems
+from keel.project.schema import EVENT_DATE, EVENT_ID, EVENT_TIME, event_fields, field_problems
 
 
 def _at(decl: Any, message: str, hint: str = "") -> Problem:
@@ -177,7 +177,7 @@ def deployed_problems(catalog: Catalog, lake_url: str, bus_url: str | None = Non
 
 def _existing(url: str, area: str) -> Any:
     """The engine at `url`, or None for a local folder that does not exist yet (never created here)."""
-    from keel.config import file_path
+    from keel.schemes import file_path
 
     if url.startswith("file://") and not file_path(url).exists():
         return None
@@ -197,8 +197,8 @@ def _declared_tables(catalog: Catalog) -> list[tuple[Any, str, Any]]:
     when they run, so their tables are checked at write time."""
     import polars as pl
 
-    from keel.declare import Aggregation
-    from keel.schema import table_schema
+    from keel.project.declare import Aggregation
+    from keel.project.schema import table_schema
     from keel.streaming.stateful import WindowOperator
 
     out: list[tuple[Any, str, Any]] = []
@@ -305,7 +305,7 @@ def _bus_versions(catalog: Catalog, bus: Any) -> list[Problem]:
 
 def check_deployed(config: Any, catalog: Catalog) -> None:
     """`keel check`'s second half: raise ``ProjectError`` listing `deployed_problems` against the
-    profile's lake and bus (`config` is the project's ``keel.config.Config``)."""
+    profile's lake and bus (`config` is the project's ``keel.project.config.Config``)."""
     from keel.errors import ProjectError
 
     problems = deployed_problems(catalog, config.lake, config.bus)

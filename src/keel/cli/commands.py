@@ -28,7 +28,7 @@ import click
 from rich.console import Console
 from rich.text import Text
 
-from keel._console import print_rows
+from keel.cli.render import print_rows
 from keel.errors import KeelError, NotFoundError, ProjectError
 
 __all__ = ["app", "main", "print_rows"]
@@ -49,7 +49,7 @@ def project_options(command: F) -> F:
 
 
 def _runtime(project: Path, profile: str | None) -> Any:
-    from keel.runtime import Runtime
+    from keel.run.runtime import Runtime
 
     return Runtime.open(project, profile)
 
@@ -88,7 +88,7 @@ def app(debug: bool) -> None:
 @click.option("--example", default="shop", show_default=True, metavar="NAME", help="The example to start from.")
 def init(directory: Path, example: str) -> None:
     """Create a new keel project in DIR from an example."""
-    from keel.project import copy_example
+    from keel.project.loading import copy_example
 
     if directory.exists() and any(directory.iterdir()):
         raise KeelError(f"{directory} exists and is not empty; pick a new folder")
@@ -103,8 +103,8 @@ def check(project: Path, profile: str | None) -> None:
     """Validate a project's declarations, and their schemas against the profile's lake and bus.
 
     Each mistake is reported once, with its file and line."""
-    from keel.catalog_checks import check_deployed
-    from keel.project import load_project
+    from keel.project.checks import check_deployed
+    from keel.project.loading import load_project
 
     p = load_project(project, profile)
     check_deployed(p.config, p.catalog)  # breaking schema changes; creates nothing
@@ -119,7 +119,7 @@ def up(project: Path, profile: str | None, port: int | None) -> None:
     """Run the gateway, processors and scheduler.
 
     Until Ctrl-C or SIGTERM, which stop them cleanly."""
-    from keel.platform import Platform
+    from keel.run.host import Platform
 
     platform = Platform(_runtime(project, profile), port=port)
     done = threading.Event()
@@ -150,7 +150,7 @@ def demo(directory: Path | None, users: int, seed: int, aa: bool) -> None:
 
     On embedded engines, in a temporary folder (or --dir); the summary is read back from the
     engines."""
-    from keel.demo import run_demo
+    from keel.cli.demo import run_demo
 
     summary = run_demo(directory, users=users, seed=seed, aa=aa, console=out)
     if not summary.ok:
@@ -410,7 +410,8 @@ def keys() -> None:
 
 
 def _state_dir(project: Path, profile: str | None) -> Path:
-    from keel.config import file_path, load_config
+    from keel.project.config import load_config
+    from keel.schemes import file_path
 
     return file_path(load_config(project, profile).state)
 

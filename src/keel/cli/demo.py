@@ -25,9 +25,9 @@ from rich.console import Console
 from rich.progress import Progress
 
 from keel.errors import BackendError
-from keel.platform import Platform, free_port
-from keel.project import copy_example
-from keel.runtime import Runtime
+from keel.run.host import Platform, free_port
+from keel.project.loading import copy_example
+from keel.run.runtime import Runtime
 
 CATEGORIES = 10
 ITEMS_PER_CATEGORY = 40
@@ -226,7 +226,7 @@ def read_summary(rt: Runtime, platform: Platform, metrics_text: str) -> Summary:
 
 
 def print_summary(s: Summary, console: Console, seconds: float) -> None:
-    from keel._console import print_rows
+    from keel.cli.render import print_rows
 
     console.rule("[bold]summary[/bold] (read back from the engines)")
     print_rows([{"stream": k, "events acknowledged": v} for k, v in s.acknowledged.items()], "bus", console)
