@@ -11,7 +11,7 @@ import uvicorn
 
 from keel.run.runtime import Runtime
 from keel.serve.app import build_app, gateway_options
-from keel.serve.front import StampedHttp
+from keel.serve.protocol import StampedHttp
 
 
 def main() -> None:

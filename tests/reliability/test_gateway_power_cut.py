@@ -26,7 +26,7 @@ from keel.run.host import free_port
 from keel.project.loading import copy_example
 from keel.run.runtime import Runtime
 from keel.serve.app import build_app
-from keel.serve.front import StampedHttp
+from keel.serve.protocol import StampedHttp
 from tests.reliability.test_bus_crash import PowerCut, read_everything, reboot
 
 pytestmark = pytest.mark.slow

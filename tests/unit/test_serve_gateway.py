@@ -22,7 +22,7 @@ from keel.run.host import free_port
 from keel.project.loading import copy_example
 from keel.run.runtime import Runtime
 from keel.serve.app import build_app, gateway_options
-from keel.serve.front import ARRIVED, StampedHttp
+from keel.serve.protocol import ARRIVED, StampedHttp
 from keel.serve.keys import create_key
 
 GOOD = {"user_id": "u1", "item_id": "i1"}

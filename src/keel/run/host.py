@@ -28,7 +28,7 @@ from keel.jobs.embedded import EmbeddedScheduler
 from keel.jobs.run import scheduler_tasks
 from keel.run.runtime import Runtime
 from keel.serve.app import build_app
-from keel.serve.front import StampedHttp
+from keel.serve.protocol import StampedHttp
 from keel.streaming.runner import Runner
 from keel.run.supervisor import Backoff, Supervisor
 

@@ -17,6 +17,7 @@ from keel.project.catalog import Catalog
 from keel.project.config import Config
 from keel.schemes import file_path
 from keel.project.declare import Stream, seconds
+from keel.engines import Engines
 from keel.errors import BackendError, ConfigError, KeelError
 from keel.kv import KeyValue, open_kv
 from keel.kv.views import Views
@@ -63,6 +64,11 @@ class Runtime:
         path.mkdir(parents=True, exist_ok=True)
         return path
 
+    @cached_property
+    def engines(self) -> Engines:
+        """The bus, lake and views of the profile, opened, and the state folder: what components take."""
+        return Engines(bus=self.bus, lake=self.lake, views=self.views, state_dir=self.state_dir)
+
     def stream(self, name: str) -> Stream:
         from keel.errors import NotFoundError
 
@@ -101,6 +107,7 @@ class Runtime:
         return SqlSession(self.lake)
 
     def close(self) -> None:
+        self.__dict__.pop("engines", None)
         for name in ("bus", "kv"):
             engine = self.__dict__.pop(name, None)
             if engine is not None:
