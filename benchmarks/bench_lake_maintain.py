@@ -3,7 +3,7 @@
 A stream sink appends often and little: 1,000 appends of 1,000 shop events (exactly-once, with
 offsets in the commit) into a table partitioned by event_date. Then
 ``select item_id, count(*) from t group by item_id`` runs through keel's SqlSession, before and
-after ``keel.lake.maintain.maintain`` (compaction + vacuum at the 7-day floor + checkpoint), and
+after ``Lake.maintain`` (compaction + vacuum at the 7-day floor + checkpoint), and
 so does opening the table (a fresh lake handle's ``describe``), which reads the log.
 
     python benchmarks/bench_lake_maintain.py [--appends 1000] [--rows 1000] [--runs 5]
@@ -22,7 +22,7 @@ from pathlib import Path
 from bench_lake_append import shop_events
 
 from keel.lake import open_lake
-from keel.lake.maintain import maintain, needs_maintenance
+from keel.lake.maintain import needs_maintenance
 from keel.lake.sql import SqlSession
 
 QUERY = "select item_id, count(*) as n from events group by item_id"
@@ -65,7 +65,7 @@ def main() -> None:
 
         query_before = timed(args.runs, query)
         open_before = timed(args.runs, lambda: open_lake(url).describe("events"))
-        report = maintain(lake, "events")
+        report = lake.maintain("events")
         after = lake.describe("events")
         query_after = timed(args.runs, query)
         appends_after = [append(args.appends + v) for v in range(tail)]

@@ -1,4 +1,4 @@
-"""Lake maintenance (keel.lake.maintain): compaction, the vacuum guard, checkpoints, the heuristic."""
+"""Lake maintenance (Lake.maintain, keel.lake.maintain): compaction, the vacuum guard, checkpoints, the heuristic."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pytest
 from keel.errors import ConfigError, KeelError
 from keel.lake import TableInfo, open_lake
 from keel.lake.delta import DeltaLake
-from keel.lake.maintain import maintain, needs_maintenance, vacuum
+from keel.lake.maintain import needs_maintenance
 from tests.contract.test_lake import DAY, SCHEMA, events
 
 SMALL_APPENDS = 40
@@ -46,7 +46,7 @@ def test_maintain_compacts_small_files_and_keeps_every_row_and_writer_commit(lak
     before = lake.describe("shop")
     rows = lake.read("shop").sort_by("item_id")
     assert needs_maintenance(before) and before.files == SMALL_APPENDS
-    report = maintain(lake, "shop")
+    report = lake.maintain("shop")
     after = lake.describe("shop")
     assert (after.files, after.rows) == (2, before.rows)  # one file per partition
     assert report["files_before"] == SMALL_APPENDS and report["files_after"] == 2
@@ -62,23 +62,23 @@ def test_maintain_compacts_small_files_and_keeps_every_row_and_writer_commit(lak
 
 
 def test_a_checkpoint_is_written(lake: DeltaLake, tmp_path: Path) -> None:
-    maintain(lake, "shop", compaction=False, vacuuming=False)
+    lake.maintain("shop", compaction=False, vacuuming=False)
     log = tmp_path / "lake" / "shop" / "_delta_log"
     assert (log / "_last_checkpoint").exists() and list(log.glob("*.checkpoint.parquet"))
 
 
 def test_vacuum_below_seven_days_is_refused_unless_forced(lake: DeltaLake, tmp_path: Path) -> None:
-    maintain(lake, "shop", vacuuming=False)
+    lake.maintain("shop", vacuuming=False)
     version = lake.describe("shop").version
     on_disk = len(list((tmp_path / "lake" / "shop").rglob("*.parquet")))
     with pytest.raises(ConfigError, match="below the 7-day floor"):
-        vacuum(lake, "shop", retention=timedelta(hours=1))
+        lake.vacuum("shop", retention=timedelta(hours=1))
     with pytest.raises(ConfigError, match="below the 7-day floor"):
-        maintain(lake, "shop", retention=timedelta(0))
+        lake.maintain("shop", retention=timedelta(0))
     assert lake.describe("shop").version == version
     assert len(list((tmp_path / "lake" / "shop").rglob("*.parquet"))) == on_disk
 
-    removed = vacuum(lake, "shop", retention=timedelta(0), force=True)
+    removed = lake.vacuum("shop", retention=timedelta(0), force=True)
     assert len(removed) == SMALL_APPENDS
     assert lake.read("shop").num_rows == SMALL_APPENDS * 5
     with pytest.raises(KeelError):
@@ -87,7 +87,7 @@ def test_vacuum_below_seven_days_is_refused_unless_forced(lake: DeltaLake, tmp_p
 
 def test_maintaining_a_table_that_does_not_exist_names_it(lake: DeltaLake) -> None:
     with pytest.raises(KeelError, match="no table 'nope'.*tables: shop"):
-        maintain(lake, "nope")
+        lake.maintain("nope")
 
 
 def test_compaction_leaves_an_unpartitioned_table_in_one_file(tmp_path: Path) -> None:
@@ -95,7 +95,7 @@ def test_compaction_leaves_an_unpartitioned_table_in_one_file(tmp_path: Path) ->
     lake.create_table("t", pa.schema([("x", pa.int64())]))
     for i in range(5):
         lake.append("t", pa.table({"x": [i]}))
-    report = maintain(lake, "t")
+    report = lake.maintain("t")
     assert (report["files_before"], report["files_after"]) == (5, 1)
     assert sorted(lake.read("t").column("x").to_pylist()) == [0, 1, 2, 3, 4]
 

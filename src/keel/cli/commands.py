@@ -341,7 +341,7 @@ def lake_maintain(names: tuple[str, ...], project: Path, profile: str | None, al
 
     Compacts small files, vacuums unreferenced ones (7-day retention guard) and writes a
     checkpoint. Without TABLE, the tables that need it."""
-    from keel.lake.maintain import maintain, needs_maintenance
+    from keel.lake.maintain import needs_maintenance
 
     lake_ = _runtime(project, profile).lake
     chosen = list(names) or [t for t in lake_.list_tables() if all_tables or needs_maintenance(lake_.describe(t))]
@@ -349,7 +349,7 @@ def lake_maintain(names: tuple[str, ...], project: Path, profile: str | None, al
         out.print("no table needs maintenance (use --all to force)")
         return
     shown = ("table", "files_before", "files_after", "files_vacuumed", "checkpoint_version", "seconds")
-    rows = [maintain(lake_, name) for name in chosen]
+    rows = [lake_.maintain(name) for name in chosen]
     print_rows([{k: r[k] for k in shown} for r in rows], "maintenance", out)
 
 

@@ -116,12 +116,12 @@ MAINTENANCE_SCHEDULE = "*/10 * * * *"
 
 def maintain_lake(runtime: Any) -> list[str]:
     """Compact, vacuum and checkpoint every lake table that needs it; return their names."""
-    from keel.lake.maintain import maintain, needs_maintenance
+    from keel.lake.maintain import needs_maintenance
 
     lake = runtime.lake
     names = [t for t in lake.list_tables() if needs_maintenance(lake.describe(t))]
     for name in names:
-        maintain(lake, name)
+        lake.maintain(name)
     return names
 
 

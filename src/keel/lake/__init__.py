@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from keel.schemes import open_engine
-from keel.lake.base import Lake, TableInfo, WriterCommit
+from keel.lake.base import Lake, MaintenanceReport, TableInfo, WriterCommit
 
 ENGINES = {
     "file": "keel.lake.delta:open_delta_lake",
@@ -16,4 +16,4 @@ def open_lake(url: str, **options: object) -> Lake:
     return lake
 
 
-__all__ = ["Lake", "TableInfo", "WriterCommit", "open_lake", "ENGINES"]
+__all__ = ["Lake", "MaintenanceReport", "TableInfo", "WriterCommit", "open_lake", "ENGINES"]

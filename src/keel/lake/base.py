@@ -12,15 +12,21 @@ Contract:
   writes nothing.
 * ``read`` returns an Arrow table; ``filter`` is a SQL boolean expression over the table's columns.
 * Unknown tables and columns raise ``NotFoundError`` naming them and listing what exists.
+* ``maintain`` compacts, vacuums and checkpoints a table without changing what its current version
+  reads (rows, writer commits); vacuum never goes below ``MIN_RETENTION`` unless forced.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
-from typing import Any, Protocol, runtime_checkable
+from datetime import datetime, timedelta
+from typing import Any, Protocol, TypedDict, runtime_checkable
 
 import pyarrow as pa
+
+# Vacuum removes what time travel reads: below Delta's own default of 7 days, a reader or a
+# `read(as_of=...)` within the window would fail, so `maintain` refuses it unless forced.
+MIN_RETENTION = timedelta(days=7)
 
 
 @dataclass(frozen=True)
@@ -41,6 +47,22 @@ class WriterCommit:
     writer: str
     version: int
     metadata: dict[str, str]
+
+
+class MaintenanceReport(TypedDict):
+    """What `Lake.maintain` did to one table, for a scheduler to log or the CLI to show."""
+
+    table: str
+    files_before: int
+    rows: int
+    version_before: int
+    files_compacted: int  # small files rewritten ...
+    files_written: int  # ... into these
+    files_vacuumed: int  # files no version younger than the retention referenced, deleted
+    checkpoint_version: int | None  # None if no checkpoint was asked for
+    files_after: int
+    version_after: int
+    seconds: float
 
 
 @runtime_checkable
@@ -106,3 +128,20 @@ class Lake(Protocol):
         ...
 
     def history(self, name: str, limit: int | None = None) -> list[dict[str, Any]]: ...
+
+    def maintain(
+        self,
+        name: str,
+        *,
+        compaction: bool = True,
+        vacuuming: bool = True,
+        checkpointing: bool = True,
+        retention: timedelta = MIN_RETENTION,
+        force: bool = False,
+        target_file_bytes: int | None = None,
+    ) -> MaintenanceReport:
+        """Rewrite small files into large ones (readers and concurrent appends are unaffected), delete
+        files that no version younger than `retention` references, and checkpoint the latest version,
+        each if asked. A `retention` under `MIN_RETENTION` is refused with a ``ConfigError`` before
+        anything is done, unless `force`. Run by the scheduler for tables `keel.lake.maintain` says need it."""
+        ...

@@ -12,7 +12,9 @@ metadata (e.g. bus offsets) goes into the commit's info, found back by reading t
 head (the writer's last commit is almost always among the newest).
 
 A `DeltaLake` keeps one open `DeltaTable` per table so that small appends do not reload the log;
-a lock serialises use of those handles, so one instance may be shared by threads.
+a lock serialises use of those handles, so one instance may be shared by threads. Maintenance
+(`maintain`, `vacuum`) opens a handle of its own, so a long compaction does not hold that lock.
+Every deltalake and object-store exception becomes a keel error in one place, `DeltaLake._errors`.
 """
 
 from __future__ import annotations
@@ -20,10 +22,11 @@ from __future__ import annotations
 import os
 import re
 import threading
+import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pyarrow as pa
@@ -39,7 +42,8 @@ from keel.errors import ConfigError, ConflictError, KeelError, NotFoundError, Sc
 from keel.lake._conform import canonical_schema, conform
 from keel.lake._filters import columns_error, filtered
 from keel.lake._storage import S3Storage, brief, local_root, s3_options, storage_error
-from keel.lake.base import TableInfo, WriterCommit
+from keel.lake.base import MIN_RETENTION, MaintenanceReport, TableInfo, WriterCommit
+from keel.lake.maintain import check_retention
 
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
 WRITER_KEY, WRITER_VERSION_KEY, METADATA_KEY = "keel.writer", "keel.writer_version", "keel.metadata"
@@ -274,15 +278,6 @@ class DeltaLake:
             commits = self._fresh(name).history(limit)
         return [_commit_summary(c) for c in commits]
 
-    def delta_table(self, name: str) -> DeltaTable:
-        """A new handle on the latest version of `name`, for maintenance (`keel.lake.maintain`).
-
-        Independent of the lake's own handles, so long maintenance runs without holding the lock.
-        """
-        with self._lock, self._errors("open", name):
-            self._table(name)
-            return DeltaTable(self._uri(name), storage_options=self._storage_options())
-
     def parquet_snapshot(self, name: str) -> ParquetSnapshot | None:
         """The latest version as local Parquet files in hive-style folders, or None if it is not one.
 
@@ -306,6 +301,58 @@ class DeltaLake:
                     not f.startswith(f"{c}=") for f, c in zip(folders, partition_by)):
                 return None
         return snapshot
+
+    # -- maintenance ---------------------------------------------------------------------------
+
+    def maintain(self, name: str, *, compaction: bool = True, vacuuming: bool = True, checkpointing: bool = True,
+                 retention: timedelta = MIN_RETENTION, force: bool = False,
+                 target_file_bytes: int | None = None) -> MaintenanceReport:
+        """Delta ``OPTIMIZE`` (compact), ``VACUUM`` and a checkpoint of `name`; see `keel.lake.base.Lake.maintain`.
+
+        A checkpoint lets opening the table read one Parquet file instead of many commit files.
+        """
+        started = time.perf_counter()
+        check_retention(name, retention, force)
+        before = self.describe(name)
+        compacted = written = vacuumed = 0
+        checkpoint_version: int | None = None
+        if compaction:
+            with self._errors("compact", name):
+                metrics = self._maintenance_handle(name).optimize.compact(target_size=target_file_bytes)
+            compacted, written = int(metrics.get("numFilesRemoved", 0)), int(metrics.get("numFilesAdded", 0))
+        if vacuuming:
+            vacuumed = len(self.vacuum(name, retention=retention, force=force))
+        if checkpointing:
+            with self._errors("checkpoint", name):
+                dt = self._maintenance_handle(name)
+                dt.create_checkpoint()
+                checkpoint_version = int(dt.version())
+        after = self.describe(name)
+        return MaintenanceReport(
+            table=name, files_before=before.files, rows=before.rows, version_before=before.version,
+            files_compacted=compacted, files_written=written, files_vacuumed=vacuumed,
+            checkpoint_version=checkpoint_version, files_after=after.files, version_after=after.version,
+            seconds=round(time.perf_counter() - started, 3))
+
+    def vacuum(self, name: str, *, retention: timedelta = MIN_RETENTION, force: bool = False,
+               dry_run: bool = False) -> list[str]:
+        """Delete files that no version younger than `retention` references; return their paths.
+
+        Refuses a retention under 7 days unless `force` (`keel.lake.maintain.check_retention`).
+        """
+        check_retention(name, retention, force)
+        with self._errors("vacuum", name):
+            removed: list[str] = self._maintenance_handle(name).vacuum(
+                retention_hours=max(int(retention.total_seconds() // 3600), 0), dry_run=dry_run,
+                enforce_retention_duration=not force)
+        return removed
+
+    def _maintenance_handle(self, name: str) -> DeltaTable:
+        """A new handle on the latest version of `name`, independent of the lake's own handles, so long
+        maintenance runs without holding the lock."""
+        with self._lock, self._errors("open", name):
+            self._table(name)
+            return DeltaTable(self._uri(name), storage_options=self._storage_options())
 
     # -- handles -------------------------------------------------------------------------------
 
