@@ -5,9 +5,10 @@ from __future__ import annotations
 from keel.schemes import open_engine
 from keel.lake.base import Lake, MaintenanceReport, TableInfo, WriterCommit
 
+# The one scheme table of the lake: scheme -> the engine that opens it.
 ENGINES = {
-    "file": "keel.lake.delta:open_delta_lake",
-    "s3": "keel.lake.delta:open_delta_lake",
+    "file": "keel.lake.delta:open_local_lake",
+    "s3": "keel.lake.delta:open_s3_lake",
 }
 
 

@@ -37,8 +37,7 @@ from deltalake import CommitProperties, DeltaTable, Transaction, write_deltalake
 from deltalake.exceptions import CommitFailedError, DeltaError, SchemaMismatchError, TableNotFoundError
 from deltalake.fs import DeltaStorageHandler
 
-from keel.schemes import scheme_of
-from keel.errors import ConfigError, ConflictError, KeelError, NotFoundError, SchemaError, UnknownSchemeError
+from keel.errors import ConfigError, ConflictError, KeelError, NotFoundError, SchemaError
 from keel.lake._conform import canonical_schema, conform
 from keel.lake._filters import columns_error, filtered
 from keel.lake._storage import S3Storage, brief, local_root, s3_options, storage_error
@@ -50,22 +49,27 @@ WRITER_KEY, WRITER_VERSION_KEY, METADATA_KEY = "keel.writer", "keel.writer_versi
 _COMMIT_ATTEMPTS = 8
 
 
-def open_delta_lake(url: str, **options: Any) -> DeltaLake:
-    """Open the lake at `url`. Options: `endpoint_url` (S3 API server), `env` (read instead of os.environ
-    for the AWS_* settings and keys; the credential chain used without keys reads the process's own)."""
+def open_local_lake(url: str, **options: Any) -> DeltaLake:
+    """Open the lake at `file:///abs/dir` (created if absent). Takes the options of `open_s3_lake` and ignores them."""
+    _check_options(options)
+    return DeltaLake(local_root(url), None, url)
+
+
+def open_s3_lake(url: str, **options: Any) -> DeltaLake:
+    """Open the lake at `s3://bucket/prefix`. Options: `endpoint_url` (S3 API server), `env` (read instead of
+    os.environ for the AWS_* settings and keys; the credential chain used without keys reads the process's own)."""
+    _check_options(options)
+    env: Mapping[str, str] = options.get("env") or os.environ
+    root, storage = s3_options(url, env, options.get("endpoint_url"))
+    lake = DeltaLake(root, storage, url)
+    lake.check()  # fail now, with one clear message, if the bucket or credentials are wrong
+    return lake
+
+
+def _check_options(options: Mapping[str, Any]) -> None:
     unknown = set(options) - {"endpoint_url", "env"}
     if unknown:
         raise ConfigError(f"unknown lake option(s) {sorted(unknown)}; the Delta lake takes endpoint_url and env")
-    scheme = scheme_of(url)
-    if scheme == "file":
-        return DeltaLake(local_root(url), None, url)
-    if scheme == "s3":
-        env: Mapping[str, str] = options.get("env") or os.environ
-        root, storage = s3_options(url, env, options.get("endpoint_url"))
-        lake = DeltaLake(root, storage, url)
-        lake.check()  # fail now, with one clear message, if the bucket or credentials are wrong
-        return lake
-    raise UnknownSchemeError("lake", url, ["file", "s3"])
 
 
 class DeltaLake:
@@ -465,4 +469,4 @@ def _commit_summary(commit: dict[str, Any]) -> dict[str, Any]:
     return summary
 
 
-__all__ = ["DeltaLake", "ParquetSnapshot", "open_delta_lake"]
+__all__ = ["DeltaLake", "ParquetSnapshot", "open_local_lake", "open_s3_lake"]
