@@ -6,6 +6,7 @@ on a real Delta lake; the scheduler's sleep is injected so retries do not wait.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -16,12 +17,15 @@ import pyarrow as pa
 import pytest
 
 import keel
+from keel.bus import open_bus
+from keel.engines import Engines
 from keel.project.catalog import Catalog, collecting
 from keel.errors import BackendError, ConflictError
 from keel.jobs.embedded import EmbeddedScheduler
 from keel.jobs.run import run_job, scheduler_tasks
+from keel.kv import open_kv
+from keel.kv.views import Views
 from keel.lake import open_lake
-from keel.lake.sql import SqlSession
 
 DAY = datetime(2024, 5, 1, 3, tzinfo=UTC)
 NEXT_DAY = datetime(2024, 5, 2, 3, tzinfo=UTC)
@@ -42,9 +46,14 @@ def declare() -> Catalog:
 def shop(tmp_path: Path) -> Iterator[Any]:
     lake = open_lake(f"file://{tmp_path}/lake")
     lake.create_table("orders", ORDERS)
-    rt = SimpleNamespace(lake=lake, catalog=declare(), sql_session=lambda: SqlSession(lake))
-    with EmbeddedScheduler(tmp_path / "scheduler.db", scheduler_tasks(rt), sleep=lambda s: None) as scheduler:
-        yield SimpleNamespace(rt=rt, lake=lake, scheduler=scheduler)
+    bus, kv = open_bus(f"file://{tmp_path}/bus"), open_kv(f"file://{tmp_path}/kv.db")
+    engines = Engines(bus=bus, lake=lake, views=Views(kv, {}), state_dir=tmp_path / "state")
+    catalog = declare()
+    with EmbeddedScheduler(tmp_path / "scheduler.db", scheduler_tasks(catalog, engines),
+                           sleep=lambda s: None) as scheduler:
+        yield SimpleNamespace(engines=engines, catalog=catalog, lake=lake, scheduler=scheduler)
+    kv.close()
+    bus.close()
 
 
 def put_orders(lake: Any, rows: list[tuple[str, int]]) -> None:
@@ -71,10 +80,10 @@ def test_rerunning_a_date_after_the_input_changed_recomputes_it(shop: Any) -> No
 
 def test_a_later_date_replaces_the_table_and_an_older_date_is_refused_not_silently_skipped(shop: Any) -> None:
     put_orders(shop.lake, [("u1", 5)])
-    run_job(shop.rt, shop.rt.catalog.jobs["revenue"], NEXT_DAY)
+    run_job(shop.engines, shop.catalog.jobs["revenue"], NEXT_DAY)
     put_orders(shop.lake, [("u1", 99)])
     with pytest.raises(ConflictError, match=r"revenue.*holds the job's result for 2024-05-02.*later date"):
-        run_job(shop.rt, shop.rt.catalog.jobs["revenue"], DAY)
+        run_job(shop.engines, shop.catalog.jobs["revenue"], DAY)
     assert revenue(shop.lake) == [("u1", 5)]
 
 
@@ -100,8 +109,9 @@ def test_a_retry_after_a_commit_whose_reply_was_lost_leaves_the_table_as_one_run
                                                                                       tmp_path: Path) -> None:
     put_orders(shop.lake, [("u1", 5), ("u2", 7)])
     flaky = LostReply(shop.lake, "revenue")
-    rt = SimpleNamespace(lake=flaky, catalog=shop.rt.catalog, sql_session=lambda: SqlSession(shop.lake))
-    with EmbeddedScheduler(tmp_path / "retry.db", scheduler_tasks(rt), sleep=lambda s: None) as scheduler:
+    engines = dataclasses.replace(shop.engines, lake=flaky)
+    with EmbeddedScheduler(tmp_path / "retry.db", scheduler_tasks(shop.catalog, engines),
+                           sleep=lambda s: None) as scheduler:
         run = scheduler.trigger("revenue", DAY)
     assert flaky.failed and (run.state, run.attempts) == ("success", 2)
     assert revenue(shop.lake) == [("u1", 5), ("u2", 7)]  # the whole table once, no duplicated rows

@@ -100,20 +100,27 @@ def test_compaction_leaves_an_unpartitioned_table_in_one_file(tmp_path: Path) ->
     assert sorted(lake.read("t").column("x").to_pylist()) == [0, 1, 2, 3, 4]
 
 
-def test_the_scheduler_compacts_busy_sinks_every_ten_minutes(lake: DeltaLake) -> None:
+def test_the_scheduler_compacts_busy_sinks_every_ten_minutes(lake: DeltaLake, tmp_path: Path) -> None:
     """The built-in maintenance task fires every 10 minutes and compacts only the tables that need it."""
     from datetime import UTC, datetime
-    from types import SimpleNamespace
 
+    from keel.bus import open_bus
+    from keel.engines import Engines
     from keel.jobs.base import latest_fire
     from keel.jobs.run import MAINTENANCE_TASK, scheduler_tasks
+    from keel.kv import open_kv
+    from keel.kv.views import Views
+    from keel.project.catalog import Catalog
 
     lake.create_table("quiet", SCHEMA)
     lake.append("quiet", events(3))
-    runtime = SimpleNamespace(lake=lake, catalog=SimpleNamespace(job_upstream=dict, jobs={}))
-    (task,) = [t for t in scheduler_tasks(runtime) if t.name == MAINTENANCE_TASK]
+    bus, kv = open_bus(f"file://{tmp_path}/bus"), open_kv(f"file://{tmp_path}/kv.db")
+    engines = Engines(bus=bus, lake=lake, views=Views(kv, {}), state_dir=tmp_path / "state")
+    (task,) = [t for t in scheduler_tasks(Catalog(), engines) if t.name == MAINTENANCE_TASK]
     noon = datetime(2024, 5, 1, 12, 7, tzinfo=UTC)
     assert latest_fire(task.schedule, noon) == datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
     assert task.run(noon) == ["shop"]
     assert lake.describe("shop").files <= 2 and lake.describe("shop").rows == 5 * SMALL_APPENDS
     assert task.run(noon) == []  # nothing left to do
+    kv.close()
+    bus.close()

@@ -235,7 +235,7 @@ def run(job: str, project: Path, profile: str | None, date: datetime | None) -> 
     from keel.jobs.run import scheduler_tasks
 
     rt = _runtime(project, profile)
-    with EmbeddedScheduler(rt.state_dir / "scheduler.db", scheduler_tasks(rt)) as scheduler:
+    with EmbeddedScheduler(rt.state_dir / "scheduler.db", scheduler_tasks(rt.catalog, rt)) as scheduler:
         result = scheduler.trigger(job, date)
     print_rows([{"job": result.task, "state": result.state, "attempts": result.attempts, "error": result.error}],
                console=out)

@@ -18,33 +18,53 @@ from __future__ import annotations
 import functools
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Protocol
 
 import polars as pl
 import pyarrow as pa
 
-from keel.project.declare import Job, Table
 from keel.errors import ConflictError, KeelError
+from keel.jobs.base import Task
+from keel.kv.views import Views
+from keel.lake import Lake
+from keel.lake.maintain import needs_maintenance
+from keel.project.catalog import Catalog
+from keel.project.declare import Job, Table
+
+
+class JobEngines(Protocol):
+    """The engines jobs use: the lake (their inputs, SQL over them, table outputs) and the views (view
+    outputs). Each is looked up when a run needs it, so a job that writes a table never opens the kv
+    and building the tasks opens nothing: `keel.engines.Engines` is one, and so is the runtime of
+    `keel up` and `keel run`, whose engines open on first use."""
+
+    @property
+    def lake(self) -> Lake: ...
+
+    @property
+    def views(self) -> Views: ...
 
 
 @dataclass
 class JobContext:
-    runtime: Any
+    """What a job function gets: its logical date, and the lake to read or query."""
+
+    lake: Lake
     logical_date: datetime
 
     def sql(self, query: str) -> pa.Table:
         """Run SQL over the lake's tables (each queryable by its name)."""
-        result: pa.Table = self.runtime.sql_session().query(query)
-        return result
+        from keel.lake.sql import SqlSession
+
+        return SqlSession(self.lake).query(query)
 
     def read(self, table: str, columns: list[str] | None = None, filter: str | None = None) -> pa.Table:
-        result: pa.Table = self.runtime.lake.read(table, columns=columns, filter=filter)
-        return result
+        return self.lake.read(table, columns=columns, filter=filter)
 
 
-def run_job(runtime: Any, job: Job, logical_date: datetime) -> int:
+def run_job(engines: JobEngines, job: Job, logical_date: datetime) -> int:
     """Run `job` for `logical_date`; return how many rows it wrote."""
-    ctx = JobContext(runtime, logical_date)
+    ctx = JobContext(engines.lake, logical_date)
     result = job.run(ctx)
     if isinstance(result, str):
         result = ctx.sql(result)
@@ -59,15 +79,15 @@ def run_job(runtime: Any, job: Job, logical_date: datetime) -> int:
         return rows
     version = int(logical_date.timestamp() * 1000)
     if isinstance(out, Table):
-        runtime.lake.create_table(out.name, result.schema, list(out.partition_by) or None)
-        _replace_table(runtime.lake, job.name, out.name, result, logical_date)
+        engines.lake.create_table(out.name, result.schema, list(out.partition_by) or None)
+        _replace_table(engines.lake, job.name, out.name, result, logical_date)
         return rows
     key = job.key or ""
     if key not in result.column_names:
         raise KeelError(f"job {job.name!r} writes view {out.name!r} keyed by {key!r}, but its result has no such "
                         f"column (columns: {', '.join(result.column_names)})")
     records = result.to_pylist()
-    runtime.views.upsert(out.name, [(str(r.pop(key)), version, r) for r in records])
+    engines.views.upsert(out.name, [(str(r.pop(key)), version, r) for r in records])
     return len(records)
 
 
@@ -84,7 +104,7 @@ def _date_and_run(version: int) -> tuple[int, int]:
     return divmod(version, _RUNS_PER_DATE)
 
 
-def _replace_table(lake: Any, job: str, table: str, result: pa.Table, logical_date: datetime) -> None:
+def _replace_table(lake: Lake, job: str, table: str, result: pa.Table, logical_date: datetime) -> None:
     date_ms = int(logical_date.timestamp() * 1000)
     for _ in range(_RACE_ATTEMPTS):
         last = lake.writer_version(table, job)
@@ -114,31 +134,26 @@ MAINTENANCE_TASK = "keel_lake_maintenance"
 MAINTENANCE_SCHEDULE = "*/10 * * * *"
 
 
-def maintain_lake(runtime: Any) -> list[str]:
+def maintain_lake(lake: Lake) -> list[str]:
     """Compact, vacuum and checkpoint every lake table that needs it; return their names."""
-    from keel.lake.maintain import needs_maintenance
-
-    lake = runtime.lake
     names = [t for t in lake.list_tables() if needs_maintenance(lake.describe(t))]
     for name in names:
         lake.maintain(name)
     return names
 
 
-def scheduler_tasks(runtime: Any) -> list[Any]:
+def scheduler_tasks(catalog: Catalog, engines: JobEngines) -> list[Task]:
     """The catalog's jobs as scheduler tasks (upstream jobs from their inputs), plus the periodic
     maintenance of lake tables that need it (`MAINTENANCE_SCHEDULE`)."""
-    from keel.jobs.base import Task
-
-    upstream = runtime.catalog.job_upstream()
+    upstream = catalog.job_upstream()
     tasks = [
-        Task(name=j.name, schedule=j.schedule, run=functools.partial(run_job, runtime, j),
+        Task(name=j.name, schedule=j.schedule, run=functools.partial(run_job, engines, j),
              upstream=upstream.get(j.name, ()), retries=j.retries)
-        for j in runtime.catalog.jobs.values()
+        for j in catalog.jobs.values()
     ]
 
     def maintenance(logical_date: datetime) -> list[str]:
-        return maintain_lake(runtime)
+        return maintain_lake(engines.lake)
 
     tasks.append(Task(name=MAINTENANCE_TASK, schedule=MAINTENANCE_SCHEDULE, run=maintenance, retries=1))
     return tasks

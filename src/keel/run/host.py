@@ -64,7 +64,7 @@ class Platform:
         self.port = runtime.config.serve.port if port is None else port
         self.stop_event = threading.Event()
         self.components: list[Component] = []
-        self.scheduler = EmbeddedScheduler(runtime.state_dir / "scheduler.db", scheduler_tasks(runtime))
+        self.scheduler = EmbeddedScheduler(runtime.state_dir / "scheduler.db", scheduler_tasks(runtime.catalog, runtime))
         self.with_scheduler = scheduler
         self.server: uvicorn.Server | None = None
         self.errors: list[str] = []  # fatal errors (a ConfigError): `keel up` exits with them
