@@ -4,23 +4,22 @@
 the order of ``keys``, as the exact bytes the sync engine would return. It is what the gateway's
 view lookups await; writers and jobs keep the sync `KeyValue`.
 
-Engines (`keel.kv.ASYNC_READERS`, keyed by the engine of `keel.kv.ENGINES`): ``redis://`` and
-``rediss://`` have their own (`keel.kv.async_redis`: hiredis, one connection pool, and request
-coalescing: the GETs of every request arriving in the same event-loop tick travel as one MGET).
-Every other engine is wrapped by `InlineReader`, which calls the sync engine on the event
+Each engine of the one scheme table (`keel.kv.ENGINES`) names its reader next to its sync opener:
+``redis://`` and ``rediss://`` have their own (`keel.kv.async_redis`: hiredis, one connection pool,
+and request coalescing: the GETs of every request arriving in the same event-loop tick travel as one
+MGET). The embedded engine is wrapped by `InlineReader`, which calls the sync engine on the event
 loop: the embedded SQLite engine answers a point read in microseconds from a local file, less
 than a hop to a worker thread would cost.
 """
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Callable, Sequence
 from typing import Protocol, runtime_checkable
 
-from keel.schemes import scheme_of
-from keel.kv import ASYNC_READERS, ENGINES
+from keel.kv import ENGINES
 from keel.kv.base import KeyValue
+from keel.schemes import open_engine
 
 
 @runtime_checkable
@@ -49,16 +48,19 @@ class InlineReader:
 
 def open_async_reader(url: str, kv: Callable[[], KeyValue], *, timeout: float = 0.5) -> AsyncReader:
     """The async reader for the kv engine at ``url``; ``kv()`` gives that engine, opened sync
-    (called only by engines read inline, on first use).
+    (called only by engines read inline, on first use). A scheme `keel.kv.ENGINES` does not have
+    is refused here with the `UnknownSchemeError` that `keel.kv.open_kv` raises for it.
 
     Must be called inside the event loop that will use the reader (its connections belong to it).
     """
-    target = ASYNC_READERS.get(ENGINES.get(scheme_of(url), ""))
-    if target is None:
-        return InlineReader(kv)  # an unknown scheme fails on first use, in kv(), naming the known ones
-    module_name, _, factory_name = target.partition(":")
-    reader: AsyncReader = getattr(importlib.import_module(module_name), factory_name)(url, timeout=timeout)
+    readers = {scheme: engine.reader for scheme, engine in ENGINES.items()}
+    reader: AsyncReader = open_engine("kv", url, readers, kv=kv, timeout=timeout)
     return reader
 
 
-__all__ = ["AsyncReader", "InlineReader", "open_async_reader"]
+def open_inline_reader(url: str, *, kv: Callable[[], KeyValue], timeout: float) -> InlineReader:
+    """The reader of a local engine (`keel.kv.ENGINES`): its reads wait on no network, so no `timeout`."""
+    return InlineReader(kv)
+
+
+__all__ = ["AsyncReader", "InlineReader", "open_async_reader", "open_inline_reader"]

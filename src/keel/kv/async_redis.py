@@ -18,11 +18,12 @@ engine (`keel.kv.redis`) returns them: nothing is decoded. ``rediss://`` connect
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from keel.schemes import require
 from keel.errors import BackendError, ConfigError
+from keel.kv.base import KeyValue
 from keel.kv.redis import check_tls_files, safe_url, translate
 
 _MAX_KEYS = 4096  # keys per MGET: a batch never blocks the server long
@@ -45,6 +46,11 @@ def open_async_redis(url: str, *, timeout: float = 0.5, connect_timeout: float =
                           "rediss://host:port/db?ssl_ca_certs=/path/ca.pem") from exc
     client = aioredis.Redis(connection_pool=pool)
     return AsyncRedisReader(url, client, require("redis", "redis", "redis").exceptions, timeout, max_inflight)
+
+
+def open_reader(url: str, *, kv: Callable[[], KeyValue], timeout: float) -> AsyncRedisReader:
+    """The gateway's reader of a Redis kv (`keel.kv.ENGINES`): its own connections, never the sync `kv`."""
+    return open_async_redis(url, timeout=timeout)
 
 
 class AsyncRedisReader:
@@ -131,4 +137,4 @@ class AsyncRedisReader:
         await self._client.connection_pool.disconnect()
 
 
-__all__ = ["AsyncRedisReader", "open_async_redis"]
+__all__ = ["AsyncRedisReader", "open_async_redis", "open_reader"]
