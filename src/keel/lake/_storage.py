@@ -17,7 +17,7 @@ from __future__ import annotations
 import re
 import threading
 from collections.abc import Mapping
-from typing import Any
+from typing import Protocol
 from urllib.parse import urlsplit
 
 from keel.schemes import file_path
@@ -45,6 +45,18 @@ def local_root(url: str) -> str:
     return str(path)
 
 
+class _FrozenCredentials(Protocol):
+    access_key: str
+    secret_key: str
+    token: str | None
+
+
+class _Credentials(Protocol):
+    """botocore's `Credentials` (refreshable or not), as far as the lake uses them."""
+
+    def get_frozen_credentials(self) -> _FrozenCredentials: ...
+
+
 class S3Storage:
     """deltalake's storage options for one S3 lake; credentials from a chain are re-read on each call.
 
@@ -52,7 +64,7 @@ class S3Storage:
     their expiry, and refreshes them then, so a long-running process never signs with expired ones.
     """
 
-    def __init__(self, base: dict[str, str], credentials: Any = None) -> None:
+    def __init__(self, base: dict[str, str], credentials: _Credentials | None = None) -> None:
         self._base, self._credentials = base, credentials
         self._lock = threading.Lock()
 

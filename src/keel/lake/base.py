@@ -20,9 +20,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, Protocol, TypedDict, runtime_checkable
+from typing import NotRequired, Protocol, TypedDict, runtime_checkable
 
 import pyarrow as pa
+import pyarrow.dataset as pads
 
 # Vacuum removes what time travel reads: below Delta's own default of 7 days, a reader or a
 # `read(as_of=...)` within the window would fail, so `maintain` refuses it unless forced.
@@ -47,6 +48,29 @@ class WriterCommit:
     writer: str
     version: int
     metadata: dict[str, str]
+
+
+@dataclass(frozen=True)
+class ParquetSnapshot:
+    """One version of a table as plain Parquet files; partition values are in the folder names."""
+
+    version: int
+    files: list[str]
+    schema: pa.Schema
+    partition_by: list[str]
+
+
+class Commit(TypedDict):
+    """One commit of a table's history (`Lake.history`)."""
+
+    version: int
+    timestamp: datetime | None
+    operation: str | None
+    parameters: dict[str, object]
+    metrics: dict[str, object]
+    writer: NotRequired[str]  # the writer and version of an exactly-once write
+    writer_version: NotRequired[int]
+    metadata: NotRequired[dict[str, str]]  # what that write stored with its commit
 
 
 class MaintenanceReport(TypedDict):
@@ -119,7 +143,7 @@ class Lake(Protocol):
         as_of: datetime | None = None,
     ) -> pa.Table: ...
 
-    def dataset(self, name: str) -> Any:
+    def dataset(self, name: str) -> pads.Dataset:
         """A pyarrow dataset of the table's current version, for DuckDB / Polars to scan lazily."""
         ...
 
@@ -127,7 +151,9 @@ class Lake(Protocol):
         """Delete rows matching the SQL predicate; return how many were deleted."""
         ...
 
-    def history(self, name: str, limit: int | None = None) -> list[dict[str, Any]]: ...
+    def history(self, name: str, limit: int | None = None) -> list[Commit]:
+        """Commits, newest first."""
+        ...
 
     def maintain(
         self,

@@ -25,7 +25,6 @@ import threading
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -41,7 +40,7 @@ from keel.errors import ConfigError, ConflictError, KeelError, NotFoundError, Sc
 from keel.lake._conform import canonical_schema, conform
 from keel.lake._filters import columns_error, filtered
 from keel.lake._storage import S3Storage, brief, local_root, s3_options, storage_error
-from keel.lake.base import MIN_RETENTION, MaintenanceReport, TableInfo, WriterCommit
+from keel.lake.base import MIN_RETENTION, Commit, MaintenanceReport, ParquetSnapshot, TableInfo, WriterCommit
 from keel.lake.maintain import check_retention
 
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
@@ -276,7 +275,7 @@ class DeltaLake:
         with self._lock, self._errors("read", name):
             return self._fresh(name).to_pyarrow_dataset()
 
-    def history(self, name: str, limit: int | None = None) -> list[dict[str, Any]]:
+    def history(self, name: str, limit: int | None = None) -> list[Commit]:
         """Commits, newest first: version, timestamp, operation, parameters, metrics, writer info."""
         with self._lock, self._errors("read the history of", name):
             commits = self._fresh(name).history(limit)
@@ -429,16 +428,6 @@ class DeltaLake:
             raise storage_error(self.url, exc) from exc
 
 
-@dataclass(frozen=True)
-class ParquetSnapshot:
-    """One version of a table as plain Parquet files; partition values are in the folder names."""
-
-    version: int
-    files: list[str]
-    schema: pa.Schema
-    partition_by: list[str]
-
-
 def _check_name(name: str) -> None:
     if not _NAME.match(name):
         raise ConfigError(f"table name {name!r} is not valid: use letters, digits and _ (not first), "
@@ -453,14 +442,14 @@ def _timestamp(ms: int) -> datetime:
     return datetime.fromtimestamp(ms / 1000, tz=UTC)
 
 
-def _commit_summary(commit: dict[str, Any]) -> dict[str, Any]:
-    summary: dict[str, Any] = {
-        "version": commit.get("version"),
-        "timestamp": _timestamp(commit["timestamp"]) if "timestamp" in commit else None,
-        "operation": commit.get("operation"),
-        "parameters": commit.get("operationParameters", {}),
-        "metrics": commit.get("operationMetrics", {}),
-    }
+def _commit_summary(commit: dict[str, Any]) -> Commit:
+    summary = Commit(
+        version=commit["version"],  # deltalake numbers every commit it returns
+        timestamp=_timestamp(commit["timestamp"]) if "timestamp" in commit else None,
+        operation=commit.get("operation"),
+        parameters=commit.get("operationParameters", {}),
+        metrics=commit.get("operationMetrics", {}),
+    )
     if WRITER_KEY in commit:
         summary["writer"] = commit[WRITER_KEY]
         summary["writer_version"] = int(commit[WRITER_VERSION_KEY])

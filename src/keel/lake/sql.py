@@ -22,7 +22,7 @@ import pyarrow as pa
 
 from keel.errors import NotFoundError, QueryError
 from keel.lake._filters import quote
-from keel.lake.base import Lake
+from keel.lake.base import Lake, ParquetSnapshot
 
 _DUCKDB_TYPES = {
     pa.string(): "VARCHAR", pa.date32(): "DATE", pa.bool_(): "BOOLEAN", pa.int8(): "TINYINT",
@@ -36,7 +36,7 @@ _MISSING_COLUMN = re.compile(r'Referenced column "?([^"\s]+)"? not found', re.IG
 
 @runtime_checkable
 class _HasParquetSnapshot(Protocol):
-    def parquet_snapshot(self, name: str) -> Any: ...
+    def parquet_snapshot(self, name: str) -> ParquetSnapshot | None: ...
 
 
 class SqlSession:
@@ -145,7 +145,7 @@ class SqlSession:
             self._con.unregister(name)
 
 
-def _files_scan(snapshot: Any) -> str:
+def _files_scan(snapshot: ParquetSnapshot) -> str:
     files = ", ".join("'" + f.replace("'", "''") + "'" for f in snapshot.files)
     options = "union_by_name = true"
     if snapshot.partition_by:
