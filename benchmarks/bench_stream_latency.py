@@ -99,7 +99,7 @@ def main() -> None:
                       "probes_seen": len(lat), "p50_ms": round(float(np.percentile(lat, 50)), 1),
                       "p99_ms": round(float(np.percentile(lat, 99)), 1), "max_ms": round(float(lat.max()), 1)}))
     rt.bus.close()
-    rt.kv.close()
+    rt.views.kv.close()
     shutil.rmtree(root, ignore_errors=True)
 
 

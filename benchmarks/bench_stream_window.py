@@ -26,7 +26,6 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import polars as pl
@@ -36,6 +35,7 @@ import keel
 from keel.bus import open_bus
 from keel.bus.base import StreamConfig
 from keel.project.catalog import collecting
+from keel.engines import Engines
 from keel.kv import open_kv
 from keel.kv.views import Views
 from keel.lake import open_lake
@@ -76,17 +76,17 @@ def json_values(user: np.ndarray, item: np.ndarray, ts: np.ndarray) -> pa.Array:
     return frame.get_column("v").to_arrow().cast(pa.binary())
 
 
-def engines(root: Path) -> SimpleNamespace:
+def engines(root: Path) -> Engines:
     root.mkdir(parents=True, exist_ok=True)
     bus = open_bus(f"file://{root}/bus")
     lake = open_lake(f"file://{root}/lake")
     kv = open_kv(f"file://{root}/kv.db")
     state = root / "state"
     state.mkdir(exist_ok=True)
-    return SimpleNamespace(bus=bus, lake=lake, kv=kv, views=Views(kv, {"item_counts": None}), state_dir=state)
+    return Engines(bus=bus, lake=lake, views=Views(kv, {"item_counts": None}), state_dir=state)
 
 
-def fill(rt: SimpleNamespace, n: int, chunk: int = 200_000) -> None:
+def fill(rt: Engines, n: int, chunk: int = 200_000) -> None:
     rt.bus.create_stream(StreamConfig("clicks", 1))
     user, item, ts = columns(n)
     for s in range(0, n, chunk):
@@ -116,7 +116,7 @@ def keel_end_to_end(n: int, max_records: int, profile: bool = False) -> dict[str
                "events_in_closed_windows": counted, "batches": runner.stats.batches,
                "view_keys": rt.views.count("item_counts")}
         rt.bus.close()
-        rt.kv.close()
+        rt.views.kv.close()
         return out
     finally:
         shutil.rmtree(root, ignore_errors=True)

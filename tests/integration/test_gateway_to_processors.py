@@ -46,7 +46,7 @@ def test_events_at_the_gateways_bounds_pass_every_processor_of_their_stream(shop
     consumers = [d for d in shop.catalog.processors.values() if d.stream.name == "page_views"]
     assert len(consumers) >= 3  # the landing, the trending aggregation and the recent-items processor
     for decl in consumers:
-        runner = Runner(decl, shop)
+        runner = Runner(decl, shop.engines)
         runner.start()
         for _ in range(400):
             if runner.stats.events >= len(events):

@@ -8,7 +8,6 @@ from __future__ import annotations
 import time
 import uuid
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import confluent_kafka  # scripts/install-kafka.sh installs it
@@ -17,6 +16,7 @@ import pytest
 
 from keel.bus import dlq_name, open_bus, ops
 from keel.bus.base import StreamConfig
+from keel.engines import Engines
 from keel.kv import open_kv
 from keel.kv.views import Views
 from keel.lake import open_lake
@@ -78,8 +78,8 @@ def test_poison_records_from_a_plain_kafka_producer(shop: Any, tmp_path: Path, k
     kv = open_kv(f"file://{tmp_path}/kafka-kv.db")
     state = tmp_path / "kafka-state"
     state.mkdir()
-    rt = SimpleNamespace(bus=bus, lake=open_lake(f"file://{tmp_path}/kafka-lake"), kv=kv,
-                         views=Views(kv, {"counts": None}), state_dir=state)
+    rt = Engines(bus=bus, lake=open_lake(f"file://{tmp_path}/kafka-lake"), views=Views(kv, {"counts": None}),
+                 state_dir=state)
     bus.create_stream(StreamConfig("clicks", 2))
     admin = confluent_kafka.admin.AdminClient({"bootstrap.servers": kafka_broker.bootstrap})
     # a topic an operator opened to big records and to any producer clock; its .dlq topic keeps

@@ -19,6 +19,7 @@ from typing import Any
 import keel
 from keel.bus import open_bus
 from keel.project.catalog import collecting
+from keel.engines import Engines
 from keel.kv import open_kv
 from keel.kv.views import Views
 from keel.lake import open_lake
@@ -42,11 +43,11 @@ def declarations() -> SimpleNamespace:
     return SimpleNamespace(clicks=clicks, land=land, counts=counts)
 
 
-def engines(bus_url: str, root: Path) -> SimpleNamespace:
+def engines(bus_url: str, root: Path) -> Engines:
     kv = open_kv(f"file://{root}/kv.db")
     (root / "state").mkdir(parents=True, exist_ok=True)
-    return SimpleNamespace(bus=open_bus(bus_url), lake=open_lake(f"file://{root}/lake"), kv=kv,
-                           views=Views(kv, {"counts": None}), state_dir=root / "state")
+    return Engines(bus=open_bus(bus_url), lake=open_lake(f"file://{root}/lake"), views=Views(kv, {"counts": None}),
+                   state_dir=root / "state")
 
 
 def main() -> None:
@@ -65,7 +66,7 @@ def main() -> None:
     for t in threads:
         t.join()
     rt.bus.close()
-    rt.kv.close()
+    rt.views.kv.close()
 
 
 if __name__ == "__main__":

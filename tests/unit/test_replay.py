@@ -6,6 +6,7 @@ A lagging bus double (empty polls before every delivery) wraps the real file:// 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import replace
 from types import SimpleNamespace
 from typing import Any
 
@@ -73,7 +74,6 @@ def landed(shop: Any) -> Iterator[Any]:  # noqa: F811
     drain(runner, 120)
     runner.consumer.close()
     shop.rt.lake.delete("clicks", "event_id < 'e5'")  # damage the table: the replay should repair it
-    shop.rt.catalog = SimpleNamespace(processors={"land_clicks": shop.land})
     yield SimpleNamespace(shop=shop, ids=ids)
 
 
@@ -83,9 +83,8 @@ def event_ids(rt: Any) -> list[str]:
 
 def test_a_lagging_bus_is_read_to_the_end_offsets_before_the_table_is_replaced(landed: Any) -> None:
     rt = landed.shop.rt
-    slow = SimpleNamespace(**vars(rt))
-    slow.bus = SlowBus(rt.bus, empty=5, chunk=10)
-    result = replay(slow, "land_clicks", from_offset=0, clock=Ticks(), stall_seconds=30)
+    slow = replace(rt, bus=SlowBus(rt.bus, empty=5, chunk=10))
+    result = replay(landed.shop.land, slow, from_offset=0, clock=Ticks(), stall_seconds=30)
     assert result.records == 120
     assert sum(result.end_offsets.values()) == 120
     assert event_ids(rt) == sorted(landed.ids)
@@ -96,11 +95,10 @@ def test_a_bus_that_stalls_before_the_end_is_refused_and_nothing_is_overwritten(
     before = event_ids(rt)
     versions = {p: rt.lake.writer_commit("clicks", writer_of("land_clicks", p)) for p in (0, 1)}
     table_version = rt.lake.describe("clicks").version
-    stalled = SimpleNamespace(**vars(rt))
-    stalled.bus = SlowBus(rt.bus, empty=0, chunk=10, stop_after=30)
+    stalled = replace(rt, bus=SlowBus(rt.bus, empty=0, chunk=10, stop_after=30))
     with pytest.raises(BackendError, match=r"replay of land_clicks stopped.*partition \d at offset \d+ of \d+.*"
                                            r"nothing was overwritten"):
-        replay(stalled, "land_clicks", from_offset=0, clock=Ticks(), stall_seconds=30)
+        replay(landed.shop.land, stalled, from_offset=0, clock=Ticks(), stall_seconds=30)
     assert event_ids(rt) == before == sorted(i for i in landed.ids if i >= "e5")  # still the damaged table
     assert rt.lake.describe("clicks").version == table_version
     assert {p: rt.lake.writer_commit("clicks", writer_of("land_clicks", p)) for p in (0, 1)} == versions
@@ -108,7 +106,7 @@ def test_a_bus_that_stalls_before_the_end_is_refused_and_nothing_is_overwritten(
 
 def test_a_replay_on_the_real_bus_stops_at_the_end_offsets_taken_at_its_start(landed: Any) -> None:
     rt = landed.shop.rt
-    result = replay(rt, "land_clicks", from_offset=0)
+    result = replay(landed.shop.land, rt, from_offset=0)
     described = {p.partition: p.end_offset for p in rt.bus.describe("clicks").partitions}
     assert result.end_offsets == described and result.records == 120
     assert event_ids(rt) == sorted(landed.ids)
@@ -146,11 +144,9 @@ def test_a_time_start_skips_partitions_with_nothing_after_it_and_reads_the_other
     in_p0 = [u for u, p in zip(users, placed) if p == 0]
     assert in_p0 and len(in_p0) < len(users)  # partition 1 holds only old records
     send(in_p0, "new", new)
-    rt.catalog = SimpleNamespace(processors={"last_item": last_item})
-    slow = SimpleNamespace(**vars(rt))
-    slow.bus = SlowBus(rt.bus, empty=3, chunk=4)
-    result = replay(slow, "last_item", from_time=new - timedelta(days=1), clock=Ticks(), stall_seconds=30)
+    slow = replace(rt, bus=SlowBus(rt.bus, empty=3, chunk=4))
+    result = replay(last_item, slow, from_time=new - timedelta(days=1), clock=Ticks(), stall_seconds=30)
     assert result.records == len(in_p0)
     assert {u: rt.views.get("last_item", u)["item_id"] for u in in_p0} == {u: "new" for u in in_p0}
     rt.bus.close()
-    rt.kv.close()
+    rt.views.kv.close()

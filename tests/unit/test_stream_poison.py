@@ -126,7 +126,7 @@ def shop(tmp_path: Path) -> Iterator[SimpleNamespace]:
     rt.bus.create_stream(StreamConfig("clicks", 2))
     yield SimpleNamespace(rt=rt, land=land, items=items, counts=counts)
     rt.bus.close()
-    rt.kv.close()
+    rt.views.kv.close()
 
 
 def test_every_processor_goes_on_past_poison_records_and_dead_letters_each_with_its_reason(shop: Any) -> None:
@@ -238,7 +238,7 @@ def test_dead_letters_replay_once_into_the_stream_after_the_schema_is_fixed(tmp_
     assert closed.select("item_id", "views").rows() == [("a", 3)]  # u1, and u2 and u3 replayed once each
     assert ops.dlq_show(rt.bus, "clicks") == []
     rt.bus.close()
-    rt.kv.close()
+    rt.views.kv.close()
 
 
 def test_the_fast_path_parses_a_batch_of_good_records_in_one_call(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -344,7 +344,7 @@ def test_an_event_whose_window_would_end_after_the_year_9999_is_dead_lettered_no
     assert runner.stats.events == 2
     assert rt.views.get("counts", "a")["views"] == 1  # the other event was counted
     rt.bus.close()
-    rt.kv.close()
+    rt.views.kv.close()
 
 
 def test_an_event_id_header_that_is_not_text_falls_back_to_partition_and_offset() -> None:
@@ -388,7 +388,7 @@ def test_a_stateful_function_that_raises_dead_letters_its_records_and_keeps_the_
     runner.start()
     drain(runner)
     runner.consumer.close()
-    runner.engine.close()  # type: ignore[union-attr]
+    runner.engine.close()
     dead = ops.dlq_show(rt.bus, "clicks")
     assert [(d["offset"], d["stage"]) for d in dead] == [(1, "transform")]
     assert "item boom cannot be counted" in dead[0]["reason"]
@@ -399,7 +399,7 @@ def test_a_stateful_function_that_raises_dead_letters_its_records_and_keeps_the_
     restarted.start()
     drain(restarted, steps=3)
     restarted.consumer.close()
-    restarted.engine.close()  # type: ignore[union-attr]
+    restarted.engine.close()
     assert len(ops.dlq_show(rt.bus, "clicks")) == 1
     rt.bus.close()
-    rt.kv.close()
+    rt.views.kv.close()

@@ -17,6 +17,7 @@ import pytest
 import keel
 from keel.bus import open_bus
 from keel.bus.base import StreamConfig
+from keel.engines import Engines
 from keel.project.catalog import collecting
 from keel.kv import open_kv
 from keel.kv.views import Views
@@ -33,15 +34,15 @@ class Click(keel.Event):
     item_id: str
 
 
-def engines(root: Path, views: list[str]) -> SimpleNamespace:
+def engines(root: Path, views: list[str]) -> Engines:
     kv = open_kv(f"file://{root}/kv.db")
     state = root / "state"
     state.mkdir(parents=True, exist_ok=True)
-    return SimpleNamespace(bus=open_bus(f"file://{root}/bus"), lake=open_lake(f"file://{root}/lake"), kv=kv,
-                           views=Views(kv, {v: None for v in views}), state_dir=state)
+    return Engines(bus=open_bus(f"file://{root}/bus"), lake=open_lake(f"file://{root}/lake"),
+                   views=Views(kv, {v: None for v in views}), state_dir=state)
 
 
-def produce(rt: SimpleNamespace, stream: str, rows: list[tuple[str, str, float]], start: int = 0) -> list[str]:
+def produce(rt: Engines, stream: str, rows: list[tuple[str, str, float]], start: int = 0) -> list[str]:
     """rows of (user, item, seconds after BASE); returns the event ids."""
     ids = [f"e{start + i}" for i in range(len(rows))]
     values = [json.dumps({"user_id": u, "item_id": it, "ts": (BASE + timedelta(seconds=s)).isoformat()}).encode()
@@ -76,7 +77,7 @@ def shop(tmp_path: Path) -> Any:
     rt.bus.create_stream(StreamConfig("clicks", 2))
     yield SimpleNamespace(rt=rt, land=land, counts=counts)
     rt.bus.close()
-    rt.kv.close()
+    rt.views.kv.close()
 
 
 def test_landing_is_exactly_once_across_restarts(shop: Any) -> None:
@@ -181,7 +182,7 @@ def test_keyed_state_survives_a_restart(tmp_path: Path) -> None:
     again.consumer.close()
     assert {k: rt.views.get("totals", k)["n"] for k in ("u0", "u1", "u2")} == {"u0": 20, "u1": 20, "u2": 20}
     rt.bus.close()
-    rt.kv.close()
+    rt.views.kv.close()
 
 
 def test_enrichment_from_a_view(tmp_path: Path) -> None:
@@ -203,7 +204,7 @@ def test_enrichment_from_a_view(tmp_path: Path) -> None:
     got = pl.from_arrow(rt.lake.read("priced")).sort("event_id")
     assert got.get_column("item_price").to_list() == [2.5, 4.0, None]
     rt.bus.close()
-    rt.kv.close()
+    rt.views.kv.close()
 
 
 def test_a_fenced_member_cannot_commit_and_the_new_owner_starts_after_its_last_commit(shop: Any) -> None:
@@ -215,10 +216,11 @@ def test_a_fenced_member_cannot_commit_and_the_new_owner_starts_after_its_last_c
     (p,) = [p for p, o in zombie.engine.owned.items() if o.position["clicks"] > 0]
     old_epoch = zombie.engine.owned[p].epoch["clicks"]
     # the new owner fences the partition (as after a rebalance); the zombie keeps going
-    newcomer = SimpleNamespace(rt=shop.rt, decl=shop.land, consumer=SimpleNamespace(seek=lambda *a: None))
+    from keel.streaming.base import Tally
+    from keel.streaming.deadletters import DeadLetters
     from keel.streaming.stateless import StatelessEngine
 
-    engine = StatelessEngine(newcomer)  # type: ignore[arg-type]
+    engine = StatelessEngine(shop.land, shop.rt, DeadLetters(shop.rt.bus, shop.land.name, "clicks", Tally()))
     engine.created = True
     epoch, position = engine._fence("clicks", writer_of("land_clicks", p))
     assert epoch == old_epoch + 1 and position == 10
@@ -246,8 +248,7 @@ def test_replay_rebuilds_a_table_without_duplicates_and_moves_the_position(shop:
     drain(runner, 120)
     runner.consumer.close()
     shop.rt.lake.delete("clicks", "event_id < 'e5'")  # damage the table
-    shop.rt.catalog = SimpleNamespace(processors={"land_clicks": shop.land})
-    result = replay(shop.rt, "land_clicks", from_offset=0)
+    result = replay(shop.land, shop.rt, from_offset=0)
     assert result.records == 120
     got = shop.rt.lake.read("clicks", columns=["event_id"]).column("event_id").to_pylist()
     assert sorted(got) == sorted(ids)
@@ -311,7 +312,7 @@ def test_views_of_a_unit_of_many_batches_show_the_newest_counts_and_the_true_top
     top = rt.views.get("counts", "_top")["items"]
     assert top == [{"item_id": "a", "views": 5}, {"item_id": "b", "views": 3}]
     rt.bus.close()
-    rt.kv.close()
+    rt.views.kv.close()
 
 
 def test_a_stateful_processor_runs_as_one_instance_and_a_killed_one_frees_its_claim(shop: Any) -> None:

@@ -362,13 +362,14 @@ def replay(processor: str, start: str, project: Path, profile: str | None) -> No
     """Rebuild PROCESSOR's tables and views from the bus.
 
     Stop the processor first."""
-    from keel.streaming.replay import replay as run_replay
+    from keel.streaming.replay import find_processor, replay as run_replay
 
     ctx = click.get_current_context()
     when = None if start.isdigit() else _iso_time(ctx, next(p for p in ctx.command.params if p.name == "start"), start)
     rt = _runtime(project, profile)
     with out.status(f"replaying {processor} ...") as progress:
-        result = run_replay(rt, processor, from_offset=int(start) if start.isdigit() else None, from_time=when,
+        result = run_replay(find_processor(rt.catalog, processor), rt.engines,
+                            from_offset=int(start) if start.isdigit() else None, from_time=when,
                             progress=lambda n: progress.update(f"replaying {processor}: {n:,} records"))
     print_rows([{"processor": result.processor, "records": result.records,
                  "tables": ", ".join(f"{k}={v} rows" for k, v in result.tables.items()) or "-",

@@ -82,7 +82,7 @@ class Platform:
         self.rt.open_engines()
         for decl in self.rt.catalog.processors.values():
             c = self._add(decl.name, decl.kind, self._processor(decl))
-            c.runner = Runner(decl, self.rt)
+            c.runner = Runner(decl, self.rt.engines)
         if self.with_scheduler:
             self._add("scheduler", "scheduler", self._schedule)
         if gateway:
@@ -111,7 +111,7 @@ class Platform:
             c = next(c for c in self.components if c.name == decl.name)
             if attempts or c.runner is None:
                 stats = c.runner.stats if c.runner is not None else None
-                c.runner = Runner(decl, self.rt)
+                c.runner = Runner(decl, self.rt.engines)
                 if stats is not None:
                     c.runner.stats = stats
             attempts += 1

@@ -10,14 +10,14 @@ Each distinct key of the batch is read once; a missing key gives nulls. Values a
 from __future__ import annotations
 
 import io
-from typing import Any
 
 import polars as pl
 
+from keel.kv.views import Views
 from keel.project.declare import Lookup
 
 
-def enrich(batch: pl.DataFrame, views: Any, lookup: Lookup) -> pl.DataFrame:
+def enrich(batch: pl.DataFrame, views: Views, lookup: Lookup) -> pl.DataFrame:
     """`batch` with the view's fields for the key in column `lookup.on` (see the module docstring)."""
     if batch.height == 0 or lookup.on not in batch.columns:
         return batch

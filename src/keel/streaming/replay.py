@@ -32,18 +32,19 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import datetime
-from types import SimpleNamespace
-from typing import Any
+from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from keel.project.declare import Aggregation, Processor, Table
+from keel.bus import Consumer
+from keel.engines import Engines
 from keel.errors import BackendError, KeelError, NotFoundError
-from keel.lake import open_lake
+from keel.lake import Lake, open_lake
+from keel.project.catalog import Catalog
+from keel.project.declare import Aggregation, Processor, Table
 from keel.streaming.checkpoint import claim, release
 from keel.streaming.runner import Runner, is_stateful
-from keel.streaming.stateful import StatefulEngine
 from keel.streaming.stateless import decode, encode, writer_of
 
 
@@ -55,10 +56,11 @@ class ReplayResult:
     end_offsets: dict[int, int]
 
 
-def find_processor(runtime: Any, name: str) -> Processor | Aggregation:
-    found = runtime.catalog.processors.get(name)
+def find_processor(catalog: Catalog, name: str) -> Processor | Aggregation:
+    """The processor or aggregation `name` of the project, or NotFoundError naming those it has."""
+    found = catalog.processors.get(name)
     if found is None:
-        known = ", ".join(sorted(runtime.catalog.processors)) or "none"
+        known = ", ".join(sorted(catalog.processors)) or "none"
         raise NotFoundError(f"no processor {name!r} in this project; processors: {known}")
     return found  # type: ignore[no-any-return]
 
@@ -66,60 +68,59 @@ def find_processor(runtime: Any, name: str) -> Processor | Aggregation:
 STALL_SECONDS = 60.0
 
 
-def replay(runtime: Any, processor: str | Processor | Aggregation, *, from_offset: int | None = None,
+def replay(decl: Processor | Aggregation, engines: Engines, *, from_offset: int | None = None,
            from_time: datetime | None = None, progress: Callable[[int], None] | None = None,
            stall_seconds: float = STALL_SECONDS, clock: Callable[[], float] = time.monotonic) -> ReplayResult:
-    """Rebuild `processor`'s outputs from the bus (see the module docstring). Give exactly one start.
+    """Rebuild the outputs of `decl` (see `find_processor`) on `engines` from the bus (see the module
+    docstring). Give exactly one start.
 
     Raises ``BackendError``, having overwritten and moved nothing, if the bus stops delivering for
     `stall_seconds` (measured with `clock`) before every partition reached its end offset.
     """
-    decl = find_processor(runtime, processor) if isinstance(processor, str) else processor
     if (from_offset is None) == (from_time is None):
         raise KeelError("replay needs one start: an offset (--from 0) or a time (--from 2024-05-01T00:00:00Z)")
     tables = [t for t in decl.into if isinstance(t, Table)]
-    info = runtime.bus.describe(decl.stream.name)
+    info = engines.bus.describe(decl.stream.name)
     end = {p.partition: p.end_offset for p in info.partitions}
     earliest = {p.partition: p.start_offset for p in info.partitions}
     if tables and (from_time is not None or any((from_offset or 0) > earliest[p] for p in end)):
         raise KeelError(f"{decl.name} writes lake tables ({', '.join(t.name for t in tables)}), which a replay "
                         "rebuilds whole: replay it from the start of the stream with --from 0")
     # a stateful processor's state is replaced at the end: refused while the processor runs elsewhere
-    claimed = is_stateful(decl) and claim(runtime.state_dir, decl.name, doing="replays")
-    scratch = runtime.state_dir / f"replay-{decl.name}-{uuid.uuid4().hex[:8]}"
+    claimed = is_stateful(decl) and claim(engines.state_dir, decl.name, doing="replays")
+    scratch = engines.state_dir / f"replay-{decl.name}-{uuid.uuid4().hex[:8]}"
     scratch.mkdir(parents=True)
     shadow = replace(decl, name=f"{decl.name}__replay")
-    rt = SimpleNamespace(bus=runtime.bus, lake=open_lake(f"file://{scratch}/lake"), views=runtime.views,
-                         state_dir=scratch / "state")
-    rt.state_dir.mkdir()
-    runner = Runner(shadow, rt)
+    # the shadow run: the real bus and views, a scratch lake and private state
+    private = replace(engines, lake=open_lake(f"file://{scratch}/lake"), state_dir=scratch / "state")
+    private.state_dir.mkdir()
+    runner = Runner(shadow, private)
     group = f"{decl.name}__replay_{uuid.uuid4().hex[:6]}"
-    runner.consumer = runtime.bus.consumer(decl.stream.name, group=group, partitions=sorted(end))
+    consumer = runner.consumer = engines.bus.consumer(decl.stream.name, group=group, partitions=sorted(end))
     try:
-        runner.engine.recover()
-        reader = _Reader(decl.name, runner.consumer, end, stall_seconds, clock)
+        runner.engine.recover(consumer)
+        reader = _Reader(decl.name, consumer, end, stall_seconds, clock)
         if from_time is not None:
             reader.start_at_time(int(from_time.timestamp() * 1000), earliest)
         else:
             reader.start_at({p: max(from_offset or 0, earliest[p]) for p in end})
         records = reader.read(runner.engine.process, progress)
         runner.flush()
-        counts = {t.name: _swap_in(runtime.lake, rt.lake, t.name) for t in tables}
-        _move_position(runtime, decl, end, rt.state_dir / shadow.name)
+        counts = {t.name: _swap_in(engines.lake, private.lake, t.name) for t in tables}
+        _move_position(engines, decl, end, private.state_dir / shadow.name)
         return ReplayResult(decl.name, records, counts, end)
     finally:
-        runner.consumer.close()
-        if isinstance(runner.engine, StatefulEngine):
-            runner.engine.close()
+        consumer.close()
+        runner.engine.close()
         shutil.rmtree(scratch, ignore_errors=True)
         if claimed:
-            release(runtime.state_dir, decl.name)
+            release(engines.state_dir, decl.name)
 
 
 class _Reader:
     """Reads a replay's stream up to the end offsets taken at its start, or refuses (see the module)."""
 
-    def __init__(self, processor: str, consumer: Any, end: dict[int, int], stall_seconds: float,
+    def __init__(self, processor: str, consumer: Consumer, end: dict[int, int], stall_seconds: float,
                  clock: Callable[[], float]) -> None:
         self.processor, self.consumer, self.end = processor, consumer, end
         self.stall_seconds, self.clock = stall_seconds, clock
@@ -148,7 +149,7 @@ class _Reader:
             if o == self.end[p] - 1))
         return found
 
-    def read(self, process: Callable[[pa.RecordBatch], Any], progress: Callable[[int], None] | None) -> int:
+    def read(self, process: Callable[[pa.RecordBatch], object], progress: Callable[[int], None] | None) -> int:
         records = 0
         ends = pa.array([self.end.get(p, 0) for p in range(max(self.end, default=-1) + 1)], pa.int64())
 
@@ -187,7 +188,7 @@ class _Reader:
                     f"got versioned upserts, which never regress): check the bus, then run the replay again")
 
 
-def _swap_in(lake: Any, scratch: Any, table: str) -> int:
+def _swap_in(lake: Lake, scratch: Lake, table: str) -> int:
     """Replace `table` by the replay's rows in one commit; return its row count."""
     fresh = scratch.read(table) if table in scratch.list_tables() else None
     if fresh is None:
@@ -199,10 +200,10 @@ def _swap_in(lake: Any, scratch: Any, table: str) -> int:
     return int(lake.describe(table).rows)
 
 
-def _move_position(runtime: Any, decl: Processor | Aggregation, end: dict[int, int], shadow_state: Any) -> None:
-    lake = runtime.lake
+def _move_position(engines: Engines, decl: Processor | Aggregation, end: dict[int, int], shadow_state: Path) -> None:
+    lake = engines.lake
     if is_stateful(decl):
-        target = runtime.state_dir / decl.name
+        target = engines.state_dir / decl.name
         if target.exists():
             shutil.rmtree(target)
         if shadow_state.exists():

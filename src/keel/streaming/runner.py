@@ -1,6 +1,7 @@
 """Running one processor: poll a micro-batch, process it columnar, commit to its sinks.
 
-The loop is here; what a batch does and how it commits exactly once depends on the processor:
+The loop is here; what a batch does and how it commits exactly once is the processor's engine,
+driven only through `keel.streaming.base.ProcessorEngine` (recover, process, idle, flush, close):
 
 * stateless (`keel.land`, `keel.processor`): `keel.streaming.stateless` — per-partition lake
   writers with fencing, so several processes may share the stream's partitions;
@@ -23,17 +24,16 @@ import logging
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any
 
-import polars as pl
 import pyarrow as pa
 
-from keel.bus import dlq_name
-from keel.bus.ops import CONTEXT_HEADERS as _CONTEXT
-from keel.project.declare import Aggregation, Processor
-from keel.errors import BackendError, ConflictError, KeelError, SchemaError
+from keel.bus import Consumer
+from keel.engines import Engines
+from keel.errors import KeelError
 from keel.monitor.streams import processor_metrics
-from keel.streaming.enrich import enrich
+from keel.project.declare import Aggregation, Processor
+from keel.streaming.base import ProcessorEngine, Tally
+from keel.streaming.deadletters import DeadLetters
 from keel.streaming.stateful import StatefulEngine
 from keel.streaming.stateless import StatelessEngine
 
@@ -55,21 +55,28 @@ def is_stateful(decl: Processor | Aggregation) -> bool:
     return isinstance(decl, Aggregation) or getattr(decl, "state_key", None) is not None
 
 
-class Runner:
-    """One processor or aggregation bound to a Runtime's engines (bus, lake, views, state_dir)."""
+def processor_engine(decl: Processor | Aggregation, engines: Engines, dead_letters: DeadLetters, tally: Tally,
+                     min_commit_seconds: float = 0.05) -> ProcessorEngine:
+    """The engine that runs `decl`: stateful for an aggregation or a keyed-state processor."""
+    if isinstance(decl, Aggregation) or decl.state_key is not None:
+        return StatefulEngine(decl, engines, dead_letters, tally, min_commit_seconds=min_commit_seconds)
+    return StatelessEngine(decl, engines, dead_letters)
 
-    def __init__(self, decl: Processor | Aggregation, runtime: Any, max_records: int = 50_000,
+
+class Runner:
+    """One processor or aggregation run on `engines` (bus, lake, views, state_dir)."""
+
+    def __init__(self, decl: Processor | Aggregation, engines: Engines, max_records: int = 50_000,
                  min_commit_seconds: float = 0.05) -> None:
         self.decl = decl
-        self.rt = runtime
+        self.engines = engines
         self.max_records = max_records
         self.stats = Stats()
-        self.consumer: Any = None
-        self.watermark_us: int | None = None
+        self.consumer: Consumer | None = None
         self.metrics = processor_metrics(decl.name)
-        self.engine: StatefulEngine | StatelessEngine = (
-            StatefulEngine(self, min_commit_seconds=min_commit_seconds) if is_stateful(decl)
-            else StatelessEngine(self))
+        self.tally = Tally()
+        self.dead_letters = DeadLetters(engines.bus, decl.name, decl.stream.name, self.tally)
+        self.engine = processor_engine(decl, engines, self.dead_letters, self.tally, min_commit_seconds)
         self._rate_mark = (time.monotonic(), 0)
         self._lag_at = 0.0
 
@@ -77,29 +84,36 @@ class Runner:
     def writer(self) -> str:
         return self.decl.name
 
+    @property
+    def watermark_us(self) -> int | None:
+        return self.engine.watermark_us
+
     def start(self) -> None:
         """Join the consumer group (a stateful processor takes every partition) and recover."""
         stream = self.decl.stream
-        if is_stateful(self.decl):
-            count = len(self.rt.bus.describe(stream.name).partitions)
-            self.consumer = self.rt.bus.consumer(stream.name, group=self.decl.name, partitions=list(range(count)))
+        bus = self.engines.bus
+        if self.engine.reads_every_partition:
+            count = len(bus.describe(stream.name).partitions)
+            self.consumer = bus.consumer(stream.name, group=self.decl.name, partitions=list(range(count)))
         else:
-            self.consumer = self.rt.bus.consumer(stream.name, group=self.decl.name)
-        self.engine.recover()
+            self.consumer = bus.consumer(stream.name, group=self.decl.name)
+        self.engine.recover(self.consumer)
 
     def step(self, timeout: float = 0.2) -> int:
         """Process at most one micro-batch; return how many records it held."""
         assert self.consumer is not None, "call start() first"
         batch = self.consumer.poll(self.max_records, timeout)
         if batch.num_rows == 0:
-            if isinstance(self.engine, StatefulEngine):
-                self.engine.flush()
-            else:
-                self.engine.sync()
+            self.engine.idle()
             self._observe_lag(force=False)
             return 0
         t0 = time.perf_counter()
-        self.engine.process(batch)
+        try:
+            self.engine.process(batch)
+        finally:
+            dead, late = self.tally.take()
+            self.stats.dead_lettered += dead
+            self.stats.late += late
         elapsed = time.perf_counter() - t0
         self.stats.events += batch.num_rows
         self.stats.batches += 1
@@ -126,8 +140,9 @@ class Runner:
         if now - since >= 2.0:
             self.metrics["events_per_s"].set((self.stats.events - events) / (now - since))
             self._rate_mark = (now, self.stats.events)
-        if self.watermark_us is not None:
-            self.metrics["watermark_delay"].set(time.time() - self.watermark_us / 1e6)
+        watermark = self.engine.watermark_us
+        if watermark is not None:
+            self.metrics["watermark_delay"].set(time.time() - watermark / 1e6)
 
     def _observe_lag(self, force: bool) -> None:
         now = time.monotonic()
@@ -135,7 +150,7 @@ class Runner:
             return
         self._lag_at = now
         try:
-            info = self.rt.bus.describe(self.decl.stream.name)
+            info = self.engines.bus.describe(self.decl.stream.name)
         except KeelError:
             return
         mine = set(self.consumer.assignment) if self.consumer is not None else set()
@@ -143,100 +158,11 @@ class Runner:
                   for p in info.partitions if p.partition in mine)
         self.metrics["lag"].set(lag)
 
-    def commit_group(self, offsets: dict[int, int]) -> None:
-        """Commit the group's offsets (they serve lag and a fresh start; exactness comes from the lake
-        commits). A commit refused because partitions moved in a rebalance is not an error here: the
-        new owner resumes from the lake, so this member just goes on with what it still owns. A commit
-        that cannot be written (a full disk, a broker away) is not worth a restart either: the next
-        batch commits again, and only `keel status` lags meanwhile."""
-        try:
-            self.consumer.commit(offsets)
-        except ConflictError as exc:
-            log.info("%s: %s", self.decl.name, exc)
-        except BackendError as exc:
-            log.warning("%s: offsets not committed for keel status (the lake holds the position): %s",
-                        self.decl.name, exc)
-
-    def count_late(self, n: int) -> None:
-        self.stats.late += n
-        self.metrics["late"].inc(n)
-        log.info("%s: %d late event(s) routed to %s_late", self.decl.name, n, self.decl.name)
-
-    # -- the user's function -------------------------------------------------------------------
-
-    def transform(self, events: pl.DataFrame, raw: pa.RecordBatch | None = None,
-                  state: Any = None) -> pl.DataFrame:
-        """The processor's function over a batch (lookups first); failing records go to the DLQ."""
-        decl = self.decl
-        fn = decl.transform if isinstance(decl, Processor) else None
-        if isinstance(decl, Processor):
-            for lookup in decl.lookups:
-                events = enrich(events, self.rt.views, lookup)
-        if fn is None:
-            return events
-
-        def call(frame: pl.DataFrame) -> pl.DataFrame:
-            return pl.DataFrame(fn(frame) if state is None else fn(frame, state))
-
-        # keyed state is a frame that put/delete replace (never change in place): a call that fails
-        # is undone by putting back the frame from before it
-        saved = state.frame if state is not None else None
-        try:
-            return call(events)
-        except Exception:  # find the records that fail, dead-letter them, keep the rest
-            if raw is None:
-                raise
-            if state is not None:
-                state.frame = saved
-            good, bad = [], []
-            for i in range(events.height):
-                try:
-                    good.append(call(events.slice(i, 1)))
-                    saved = state.frame if state is not None else None
-                except Exception as exc:  # noqa: BLE001 - any user error goes to the DLQ
-                    if state is not None:
-                        state.frame = saved
-                    bad.append((i, f"{type(exc).__name__}: {exc}"))
-            self.dead_letter(raw, bad)
-            return pl.concat(good, how="vertical_relaxed") if good else call(events.clear())
-
-    def dead_letter(self, batch: pa.RecordBatch, bad: list[tuple[int, str]], stage: str = "transform") -> None:
-        """Produce the records `bad` names (index in `batch`, reason) to the stream's dead-letter
-        stream: key, value and timestamp unchanged, the record's own headers kept, and the context
-        (reason, stage, processor, source partition and offset) added as headers."""
-        if not bad:
-            return
-        rows = batch.take(pa.array([i for i, _ in bad]))
-        headers = [[(k, v) for k, v in (own or []) if k not in _CONTEXT]
-                   + [("error", err.encode()), ("stage", stage.encode()), ("processor", self.decl.name.encode()),
-                      ("source_partition", str(p).encode()), ("source_offset", str(o).encode())]
-                   for (_, err), own, p, o in zip(bad, rows.column("headers").to_pylist(),
-                                                  rows.column("partition").to_pylist(), rows.column("offset").to_pylist())]
-        values = rows.column("value")
-        if values.null_count:  # a Kafka tombstone: stored as an empty value, marked
-            headers = [h + [("null_value", b"1")] if v is None else h for h, v in zip(headers, values.to_pylist())]
-            values = values.fill_null(b"")
-        dlq = pa.record_batch({"key": rows.column("key"), "value": values,
-                               "timestamp": rows.column("timestamp"),
-                               "headers": pa.array(headers, pa.map_(pa.string(), pa.binary()))})
-        try:
-            self.rt.bus.produce(dlq_name(self.decl.stream.name), dlq)
-        except SchemaError:  # a timestamp the dead-letter stream refuses (Kafka: beyond now + 1 h): now, kept aside
-            stamps = rows.column("timestamp").cast(pa.int64()).to_pylist()
-            headers = [h + [("source_timestamp", str(ms).encode())] for h, ms in zip(headers, stamps)]
-            self.rt.bus.produce(dlq_name(self.decl.stream.name), dlq.drop_columns(["timestamp", "headers"]).append_column(
-                "headers", pa.array(headers, pa.map_(pa.string(), pa.binary()))))
-        self.stats.dead_lettered += len(bad)
-        self.metrics["dead"].inc(len(bad))
-        first = bad[0][1] if len(bad) == 1 else f"{bad[0][1]} (and {len(bad) - 1} more)"
-        log.warning("%s: %d record(s) sent to %s at %s: %s", self.decl.name, len(bad),
-                    dlq_name(self.decl.stream.name), stage, first)
-
     # -- the loop ------------------------------------------------------------------------------
 
     def flush(self) -> None:
-        if isinstance(self.engine, StatefulEngine):
-            self.engine.flush()
+        """Commit what the engine has pending."""
+        self.engine.flush()
 
     def run(self, stop: threading.Event) -> None:
         """Process until `stop` is set; the batch in flight and pending outputs are committed first.
@@ -263,5 +189,4 @@ class Runner:
         except Exception as exc:  # noqa: BLE001 - e.g. a full disk; the kernel drops the group's flocks anyway
             log.warning("%s: leaving the consumer group failed: %s", self.decl.name, exc)
         finally:
-            if isinstance(self.engine, StatefulEngine):
-                self.engine.close()
+            self.engine.close()

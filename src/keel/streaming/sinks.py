@@ -13,11 +13,11 @@ which writes the same versions, never regresses a value.
 from __future__ import annotations
 
 import time
-from typing import Any
 
 import msgspec
 import polars as pl
 
+from keel.kv.views import Views
 from keel.streaming.windows import WEND, WSTART
 
 FINAL_VERSION_BONUS = 999  # a closed window's view value outranks every running value of it
@@ -75,7 +75,7 @@ def newest_per_key(rows: pl.DataFrame) -> pl.DataFrame:
     return rows.sort("version", maintain_order=True).unique("key", keep="last", maintain_order=False)
 
 
-def write_view_rows(views: Any, view: str, rows: pl.DataFrame) -> int:
+def write_view_rows(views: Views, view: str, rows: pl.DataFrame) -> int:
     """Versioned upserts of view rows into the kv (one call; the kv engine batches the statements)."""
     if rows.height == 0:
         return 0

@@ -28,14 +28,17 @@ from __future__ import annotations
 import json
 import logging
 import time
-from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import polars as pl
 import pyarrow as pa
 
+from keel.bus import Consumer
+from keel.engines import Engines
+from keel.monitor.streams import processor_metrics
 from keel.project.declare import Aggregation, Processor, Table, View
 from keel.project.schema import table_schema
+from keel.streaming.base import Tally, commit_group
 from keel.streaming.checkpoint import (
     Unit,
     claim,
@@ -45,7 +48,9 @@ from keel.streaming.checkpoint import (
     save_unit,
     unit_pointer,
 )
+from keel.streaming.deadletters import DeadLetters
 from keel.streaming.decode import decode_records, time_bounds
+from keel.streaming.function import UserFunction
 from keel.streaming.sessions import SessionState
 from keel.streaming.sinks import (
     empty_view_rows,
@@ -57,9 +62,6 @@ from keel.streaming.sinks import (
 )
 from keel.streaming.state import KeyedState
 from keel.streaming.windows import WindowState
-
-if TYPE_CHECKING:
-    from keel.streaming.runner import Runner
 
 log = logging.getLogger("keel.stream")
 
@@ -79,7 +81,7 @@ class WindowOperator:
     def _empty_output(self) -> pl.DataFrame:
         return self.windows.update(_empty_events(self.decl)).closed
 
-    def update(self, events: pl.DataFrame, partitions: Any = None, active: set[int] | None = None,
+    def update(self, events: pl.DataFrame, partitions: np.ndarray | None = None, active: set[int] | None = None,
                raw: pa.RecordBatch | None = None) -> tuple[pl.DataFrame, pl.DataFrame]:
         out = self.windows.update(events, partitions, active)
         self._running.append(out.running)
@@ -123,15 +125,15 @@ class WindowOperator:
 
 
 class KeyedOperator:
-    def __init__(self, decl: Processor, runner: Runner) -> None:
+    def __init__(self, decl: Processor, transform: UserFunction) -> None:
         assert decl.state_key is not None
-        self.decl, self.runner = decl, runner
+        self.decl, self.transform = decl, transform
         self.state = KeyedState(decl.state_key)
         self._views: list[pl.DataFrame] = []
 
-    def update(self, events: pl.DataFrame, partitions: Any = None, active: set[int] | None = None,
+    def update(self, events: pl.DataFrame, partitions: np.ndarray | None = None, active: set[int] | None = None,
                raw: pa.RecordBatch | None = None) -> tuple[pl.DataFrame, pl.DataFrame]:
-        out = self.runner.transform(events, raw, state=self.state)
+        out = self.transform(events, raw, state=self.state)
         key = self.decl.state_key or ""
         if key in out.columns:
             self._views.append(keyed_view_rows(key, out))
@@ -162,12 +164,21 @@ def _empty_events(decl: Aggregation | Processor) -> pl.DataFrame:
 
 
 class StatefulEngine:
-    def __init__(self, runner: Runner, min_commit_seconds: float = 0.05, commit_records: int = 500_000,
+    """A `keel.streaming.base.ProcessorEngine` for a processor with state (windows or keyed
+    state): it reads every partition, as the only instance of the processor."""
+
+    reads_every_partition = True
+
+    def __init__(self, decl: Aggregation | Processor, engines: Engines, dead_letters: DeadLetters, tally: Tally,
+                 min_commit_seconds: float = 0.05, commit_records: int = 500_000,
                  idle_seconds: float = 10.0) -> None:
-        self.r = runner
-        self.decl = runner.decl
-        self.op: WindowOperator | KeyedOperator = (WindowOperator(self.decl) if isinstance(self.decl, Aggregation)
-                                                   else KeyedOperator(self.decl, runner))
+        self.decl = decl
+        self.lake, self.kv_views, self.state_dir = engines.lake, engines.views, engines.state_dir
+        self.dead_letters, self.tally = dead_letters, tally
+        self._late_metric = processor_metrics(decl.name)["late"]
+        self.op: WindowOperator | KeyedOperator = (
+            WindowOperator(decl) if isinstance(decl, Aggregation)
+            else KeyedOperator(decl, UserFunction(decl, engines.views, dead_letters)))
         self.tables = [t for t in self.decl.into if isinstance(t, Table)]
         self.views = [v for v in self.decl.into if isinstance(v, View)]
         self.min_commit_seconds, self.commit_records = min_commit_seconds, commit_records
@@ -178,6 +189,8 @@ class StatefulEngine:
         self.idle_seconds = idle_seconds
         self.started = time.monotonic()
         self.last_seen: dict[int, float] = {}
+        self.watermark_us: int | None = None
+        self._consumer: Consumer | None = None
 
     def _reset_pending(self) -> None:
         self.rows: list[pl.DataFrame] = []
@@ -188,47 +201,52 @@ class StatefulEngine:
     def writer(self) -> str:
         return self.decl.name
 
+    @property
+    def consumer(self) -> Consumer:
+        assert self._consumer is not None, "call recover() first"
+        return self._consumer
+
     # -- recovery ------------------------------------------------------------------------------
 
-    def recover(self) -> None:
-        rt = self.r.rt
-        claim(rt.state_dir, self.decl.name)
+    def recover(self, consumer: Consumer) -> None:
+        self._consumer = consumer
+        claim(self.state_dir, self.decl.name)
         if isinstance(self.op, WindowOperator):
             schema = self.op._empty_output().to_arrow().schema
             for t in self.tables:
-                rt.lake.create_table(t.name, schema, list(t.partition_by) or None)
+                self.lake.create_table(t.name, schema, list(t.partition_by) or None)
         candidates: list[tuple[int, str]] = []
-        pointer = unit_pointer(rt.state_dir, self.decl.name)
+        pointer = unit_pointer(self.state_dir, self.decl.name)
         if pointer is not None:
             candidates.append((pointer[1], pointer[0]))
-        existing = set(rt.lake.list_tables())
+        existing = set(self.lake.list_tables())
         for name in [t.name for t in self.tables] + [late_table(self.decl)]:
-            commit = rt.lake.writer_commit(name, self.writer) if name in existing else None
+            commit = self.lake.writer_commit(name, self.writer) if name in existing else None
             if commit is not None and "unit" in commit.metadata:
                 candidates.append((commit.version, commit.metadata["unit"]))
         if candidates:
             _, unit_dir = max(candidates)
-            unit = load_unit(rt.state_dir, self.decl.name, unit_dir)
+            unit = load_unit(self.state_dir, self.decl.name, unit_dir)
             self.op.restore(unit)
             self.offsets = dict(unit.offsets)
             self._deliver(unit, unit_dir)
-            point_to_unit(rt.state_dir, self.decl.name, unit_dir, unit.version)
+            point_to_unit(self.state_dir, self.decl.name, unit_dir, unit.version)
         # no unit yet: from the start of the stream (the group's committed offsets are only for status)
-        for p in self.r.consumer.assignment:
-            self.r.consumer.seek(p, self.offsets.get(p, 0))
+        for p in consumer.assignment:
+            consumer.seek(p, self.offsets.get(p, 0))
 
     # -- processing ----------------------------------------------------------------------------
 
-    def process(self, batch: Any) -> int:
+    def process(self, batch: pa.RecordBatch) -> int:
         parts = batch.column("partition").to_numpy()
         offs = batch.column("offset").to_numpy()
         decoded = decode_records(batch, self.decl.stream.schema, time_bounds(self.decl.stream),
                                  now_us=time.time_ns() // 1000)
-        self.r.dead_letter(batch, decoded.bad, stage="decode")
+        self.dead_letters.send(batch, decoded.bad, stage="decode")
         events, good = decoded.events, decoded.rows
         overflow = self.op.unrepresentable(events)
         if overflow:
-            self.r.dead_letter(batch, [(int(good[i]), why) for i, why in overflow], stage="window")
+            self.dead_letters.send(batch, [(int(good[i]), why) for i, why in overflow], stage="window")
             keep = np.ones(len(good), dtype=bool)
             keep[[i for i, _ in overflow]] = False
             events, good = events.filter(pl.Series(keep)), good[keep]
@@ -245,7 +263,7 @@ class StatefulEngine:
             self.rows.append(rows)
         if late.height:
             self.late.append(late)
-            self.r.count_late(late.height)
+            self._count_late(late.height)
         self.pending += batch.num_rows
         if self.due():
             self.commit()
@@ -253,7 +271,7 @@ class StatefulEngine:
 
     def _active(self, now: float) -> set[int]:
         """Partitions that count for the watermark: assigned and not idle for `idle_seconds`."""
-        return {p for p in self.r.consumer.assignment
+        return {p for p in self.consumer.assignment
                 if now - self.last_seen.get(p, self.started) < self.idle_seconds}
 
     def due(self) -> bool:
@@ -262,50 +280,58 @@ class StatefulEngine:
         since = time.monotonic() - self.last_commit
         return since >= max(self.min_commit_seconds, 4 * self.last_commit_cost)
 
+    def _count_late(self, n: int) -> None:
+        self.tally.late += n
+        self._late_metric.inc(n)
+        log.info("%s: %d late event(s) routed to %s_late", self.decl.name, n, self.decl.name)
+
     def close(self) -> None:
         """Give up this process's claim on the processor (see `checkpoint.claim`)."""
-        release(self.r.rt.state_dir, self.decl.name)
+        release(self.state_dir, self.decl.name)
 
     def flush(self) -> None:
         """Commit what is pending (an idle poll, a stop)."""
         if self.pending:
             self.commit()
 
+    def idle(self) -> None:
+        """An empty poll commits what is pending: the bus has nothing newer to batch it with."""
+        self.flush()
+
     def commit(self) -> None:
         t0 = time.monotonic()
-        rt = self.r.rt
         version = sum(self.offsets.values())
         frames = dict(self.op.frames())
         frames["rows"] = pl.concat(self.rows, how="vertical_relaxed") if self.rows else pl.DataFrame()
         frames["late"] = pl.concat(self.late, how="vertical_relaxed") if self.late else pl.DataFrame()
         frames["views"] = self.op.pending_views(frames["rows"])
         unit = Unit(version, dict(self.offsets), self.op.watermark(), frames)
-        unit_dir = save_unit(rt.state_dir, self.decl.name, unit)
+        unit_dir = save_unit(self.state_dir, self.decl.name, unit)
         self._deliver(unit, unit_dir)
-        point_to_unit(rt.state_dir, self.decl.name, unit_dir, version)
-        self.r.commit_group(dict(self.offsets))
+        point_to_unit(self.state_dir, self.decl.name, unit_dir, version)
+        commit_group(self.consumer, self.decl.name, dict(self.offsets))
         self._reset_pending()
         self.last_commit = time.monotonic()
         self.last_commit_cost = self.last_commit - t0
 
     def _deliver(self, unit: Unit, unit_dir: str) -> None:
         """Outputs of a unit to the lake (exactly once by version) and the views (versioned upserts)."""
-        rt = self.r.rt
+        lake = self.lake
         meta = {"offsets": json.dumps({str(p): o for p, o in unit.offsets.items()}), "unit": unit_dir}
         rows, late = unit.frames.get("rows"), unit.frames.get("late")
         if rows is not None and rows.height:
             data = rows.to_arrow()
             for t in self.tables:
-                rt.lake.create_table(t.name, data.schema, list(t.partition_by) or None)
-                rt.lake.append(t.name, data, writer=self.writer, version=unit.version, metadata=meta)
+                lake.create_table(t.name, data.schema, list(t.partition_by) or None)
+                lake.append(t.name, data, writer=self.writer, version=unit.version, metadata=meta)
         if late is not None and late.height:
             data = late.to_arrow()
-            rt.lake.create_table(late_table(self.decl), data.schema, None)
-            rt.lake.append(late_table(self.decl), data, writer=self.writer, version=unit.version, metadata=meta)
+            lake.create_table(late_table(self.decl), data.schema, None)
+            lake.append(late_table(self.decl), data, writer=self.writer, version=unit.version, metadata=meta)
         views = unit.frames.get("views")
         if views is not None and views.height:
             for v in self.views:
-                write_view_rows(rt.views, v.name, views)
+                write_view_rows(self.kv_views, v.name, views)
         if unit.watermark_us is not None:
-            self.r.watermark_us = unit.watermark_us
+            self.watermark_us = unit.watermark_us
 

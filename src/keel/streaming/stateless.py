@@ -24,19 +24,20 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 import numpy as np
 import polars as pl
 import pyarrow as pa
 
+from keel.bus import Consumer
+from keel.engines import Engines
 from keel.project.declare import Processor, Table, View
 from keel.project.schema import table_schema
+from keel.streaming.base import commit_group
+from keel.streaming.deadletters import DeadLetters
 from keel.streaming.decode import decode_records, time_bounds
+from keel.streaming.function import UserFunction
 from keel.streaming.sinks import keyed_view_rows, write_view_rows
-
-if TYPE_CHECKING:
-    from keel.streaming.runner import Runner
 
 log = logging.getLogger("keel.stream")
 SHIFT = 40
@@ -62,22 +63,48 @@ class Owned:
 
 
 class StatelessEngine:
-    def __init__(self, runner: Runner) -> None:
-        self.r = runner
-        self.decl: Processor = runner.decl  # type: ignore[assignment]
+    """A `keel.streaming.base.ProcessorEngine` for a processor without state: it joins the consumer
+    group, so several processes share the stream's partitions."""
+
+    reads_every_partition = False
+    watermark_us: int | None = None  # no windows
+
+    def __init__(self, decl: Processor, engines: Engines, dead_letters: DeadLetters) -> None:
+        self.decl = decl
+        self.lake, self.kv_views = engines.lake, engines.views
+        self.dead_letters = dead_letters
+        self.transform = UserFunction(decl, engines.views, dead_letters)
         self.tables = [t for t in self.decl.into if isinstance(t, Table)]
         self.views = [v for v in self.decl.into if isinstance(v, View)]
         self.owned: dict[int, Owned] = {}
         self.created = False
+        self._consumer: Consumer | None = None
+
+    @property
+    def consumer(self) -> Consumer:
+        assert self._consumer is not None, "call recover() first"
+        return self._consumer
+
+    # -- the lifecycle (see keel.streaming.base.ProcessorEngine) -------------------------------
+
+    def recover(self, consumer: Consumer) -> None:
+        self._consumer = consumer
+        self.sync()
+
+    def idle(self) -> None:
+        self.sync()
+
+    def flush(self) -> None:
+        """Nothing is pending between batches: each batch commits before `process` returns."""
+
+    def close(self) -> None:
+        """Nothing to give up: the consumer group's membership goes with the consumer."""
 
     # -- ownership -----------------------------------------------------------------------------
 
-    def recover(self) -> None:
-        self.sync()
-
     def _create_tables(self, schema: pa.Schema) -> None:
         for t in self.tables:
-            self.r.rt.lake.create_table(t.name, schema, list(t.partition_by) or None)
+            self.lake.create_table(t.name, schema, list(t.partition_by) or None)
         self.created = True
 
     def _ensure_tables(self) -> bool:
@@ -87,13 +114,13 @@ class StatelessEngine:
         if self.decl.transform is None:
             self._create_tables(table_schema(self.decl.stream.schema))
             return True
-        existing = set(self.r.rt.lake.list_tables())
+        existing = set(self.lake.list_tables())
         if all(t.name in existing for t in self.tables):
             self.created = True
         else:
             try:  # the output schema of the user's function on an empty batch
                 empty = pl.from_arrow(table_schema(self.decl.stream.schema).empty_table())
-                out = self.r.transform(empty)  # type: ignore[arg-type]
+                out = self.transform(empty)  # type: ignore[arg-type]
                 if out.width:
                     self._create_tables(out.to_arrow().schema)
             except Exception:  # noqa: BLE001 - no schema yet: tables are created by the first output
@@ -102,7 +129,7 @@ class StatelessEngine:
 
     def sync(self) -> None:
         """Follow the consumer's assignment: acquire new partitions, forget revoked ones."""
-        now = set(self.r.consumer.assignment)
+        now = set(self.consumer.assignment)
         for p in list(self.owned):
             if p not in now:
                 del self.owned[p]
@@ -114,11 +141,11 @@ class StatelessEngine:
         if self._ensure_tables():
             for t in self.tables:
                 owned.epoch[t.name], owned.position[t.name] = self._fence(t.name, writer_of(self.decl.name, p))
-            self.r.consumer.seek(p, min(owned.position.values()))
+            self.consumer.seek(p, min(owned.position.values()))
         self.owned[p] = owned
 
     def _fence(self, table: str, writer: str) -> tuple[int, int]:
-        lake = self.r.rt.lake
+        lake = self.lake
         empty = lake.describe(table).schema.empty_table()
         while True:
             seen = lake.writer_commit(table, writer)
@@ -156,7 +183,7 @@ class StatelessEngine:
             return 0
         decoded = decode_records(batch, self.decl.stream.schema, time_bounds(self.decl.stream),
                                  now_us=time.time_ns() // 1000)
-        self.r.dead_letter(batch, decoded.bad, stage="decode")
+        self.dead_letters.send(batch, decoded.bad, stage="decode")
         dead = {int(p) for p in parts[[i for i, _ in decoded.bad]].tolist()} if decoded.bad else set()
         events, good = decoded.events, decoded.rows
         if decoded.bad:  # from here on, the records that decoded (dead letters count as done below)
@@ -172,7 +199,7 @@ class StatelessEngine:
                 self._commit_partition(p, events.clear(), good_offs[mask], events.clear(), next_offsets[p], True)
                 continue
             sub = events if mask.all() else events.filter(pl.Series(mask))
-            out = self.r.transform(sub, batch.filter(pa.array(mask)) if not mask.all() else batch)
+            out = self.transform(sub, batch.filter(pa.array(mask)) if not mask.all() else batch)
             outputs.append(out)
             if self.tables and out.height and not self.created:
                 self._create_tables(out.to_arrow().schema)
@@ -182,8 +209,8 @@ class StatelessEngine:
         if outputs and key is not None:
             out_all = pl.concat(outputs, how="diagonal_relaxed") if len(outputs) > 1 else outputs[0]
             for v in self.views:
-                write_view_rows(self.r.rt.views, v.name, keyed_view_rows(key, out_all))
-        self.r.commit_group(next_offsets)
+                write_view_rows(self.kv_views, v.name, keyed_view_rows(key, out_all))
+        commit_group(self.consumer, self.decl.name, next_offsets)
         return int(parts.size)
 
     def _commit_partition(self, p: int, events: pl.DataFrame, offs: np.ndarray, out: pl.DataFrame, nxt: int,
@@ -195,14 +222,14 @@ class StatelessEngine:
         owned = self.owned.get(p)
         if owned is None or not self.created:
             return
-        lake = self.r.rt.lake
+        lake = self.lake
         for t in self.tables:
             start = owned.position.get(t.name, 0)
             if nxt <= start:
                 continue
             rows = out
             if offs.size and start > int(offs.min()):  # this table is ahead of another: only its new records
-                rows = self.r.transform(events.filter(pl.Series(offs >= start)))
+                rows = self.transform(events.filter(pl.Series(offs >= start)))
             if rows.height or dead:
                 data = rows.to_arrow() if rows.height else lake.describe(t.name).schema.empty_table()
                 ok = lake.append(t.name, data, writer=writer_of(self.decl.name, p),
