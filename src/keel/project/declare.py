@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from keel.project.catalog import register
+from keel.project.measures import Agg, Measure
 from keel.project.schema import Event
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)\s*$")
@@ -156,13 +157,13 @@ class Processor(Declaration):
 
 @dataclass(frozen=True, kw_only=True)
 class Aggregation(Declaration):
-    """A keyed aggregation over event-time windows; `measures` maps output column -> Agg."""
+    """A keyed aggregation over event-time windows; `measures` maps output column -> Measure."""
 
     stream: Stream
     by: str
     window: Window
     into: tuple[Table | View, ...]
-    measures: dict[str, Any]
+    measures: dict[str, Measure]
     lateness: float = 0.0
     top: int | None = None  # keep the top-N keys per window in each view (ranked by the first measure)
     kind: str = field(default="aggregation", init=False)
@@ -301,8 +302,6 @@ def aggregate(source: Stream, *, by: str, window: Window, into: list[Table | Vie
               description: str = "") -> Callable[[Callable[..., Any]], Aggregation]:
     """Declare a windowed aggregation. The function receives an `Agg` builder and returns
     a dict of output column -> measure, e.g. ``{"views": w.count()}``."""
-    from keel.streaming.measures import Agg
-
     targets = tuple(into) if isinstance(into, list) else (into,)
 
     def wrap(fn: Callable[..., Any]) -> Aggregation:
