@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from keel.errors import Problem
 from keel.project.catalog import Catalog, valid_name
-from keel.project.declare import Declaration
+from keel.project.declare import HTTP_METHODS, METRIC_AGGREGATES, Declaration
 from keel.project.schedule import find_cycle, validate_cron
 from keel.project.schema import EVENT_DATE, EVENT_ID, EVENT_TIME, event_fields, field_problems
 
@@ -111,14 +111,14 @@ def _experiments(catalog: Catalog) -> list[Problem]:
             out.append(problem_at(e, "every variant weight must be positive"))
         if e.control not in e.variants:
             out.append(problem_at(e, f"control {e.control!r} is not one of its variants"))
-        for m in e.metrics:
-            if m not in catalog.metrics:
-                out.append(problem_at(e, f"metric {m!r} is not declared",
+        for name in e.metrics:
+            if name not in catalog.metrics:
+                out.append(problem_at(e, f"metric {name!r} is not declared",
                                       f"declared metrics: {', '.join(sorted(catalog.metrics)) or 'none'}"))
     for m in catalog.metrics.values():
         if m.table not in _known_tables(catalog):
             out.append(problem_at(m, f"reads table {m.table!r}, which is not declared"))
-        if m.aggregate not in ("conversion", "sum"):
+        if m.aggregate not in METRIC_AGGREGATES:
             out.append(problem_at(m, f"aggregate {m.aggregate!r} is unknown", "use 'conversion' or 'sum'"))
         if m.aggregate == "sum" and not m.value:
             out.append(problem_at(m, "a 'sum' metric needs value='<column>'"))
@@ -129,7 +129,7 @@ def _endpoints(catalog: Catalog) -> list[Problem]:
     out = []
     seen: dict[tuple[str, str], str] = {}
     for ep in catalog.endpoints.values():
-        if ep.method not in ("GET", "POST", "PUT", "DELETE") or not ep.path.startswith("/"):
+        if ep.method not in HTTP_METHODS or not ep.path.startswith("/"):
             out.append(problem_at(ep, f"bad route {ep.method} {ep.path!r}", "write it like 'GET /recommend/{user_id}'"))
         if ep.path.startswith("/v1/") or ep.path in ("/metrics", "/healthz", "/readyz", "/openapi.json"):
             out.append(problem_at(ep, f"path {ep.path!r} is reserved for keel's own routes"))
