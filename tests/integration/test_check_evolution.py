@@ -18,7 +18,7 @@ import pytest
 
 from keel.bus import open_bus
 from keel.bus.base import StreamConfig
-from keel.project.checks import deployed_problems
+from keel.run.deployed import deployed_problems
 from keel.lake import open_lake
 from keel.project.loading import load_project
 

@@ -106,6 +106,21 @@ def test_unknown_metric_and_bad_variants(tmp_path: Path) -> None:
     assert any("metric 'nothing' is not declared" in p for p in problems)
 
 
+def test_a_misspelled_word_of_a_closed_vocabulary_is_a_problem_at_its_line(tmp_path: Path) -> None:
+    root = make_project(tmp_path, '''
+    keel.metric("buys", table="page_views", unit="user_id", aggregate="summ")
+    @keel.endpoint("FETCH /items/{item_id}")
+    def items(req): return {}
+    ''')
+    problems = problems_of(root)
+    assert problems == [
+        f"{root}/proj/decl.py:{line_of(root, 'keel.metric')}: metric 'buys': aggregate 'summ' is unknown "
+        "(use 'conversion' or 'sum')",
+        f"{root}/proj/decl.py:{line_of(root, '@keel.endpoint')}: endpoint 'items': "
+        "bad route FETCH '/items/{item_id}' (write it like 'GET /recommend/{user_id}')",
+    ]
+
+
 def test_duplicate_name(tmp_path: Path) -> None:
     root = make_project(tmp_path, 'keel.view("v")\nkeel.view("v")\n')
     (problem,) = problems_of(root)

@@ -103,7 +103,7 @@ def check(project: Path, profile: str | None) -> None:
     """Validate a project's declarations, and their schemas against the profile's lake and bus.
 
     Each mistake is reported once, with its file and line."""
-    from keel.project.checks import check_deployed
+    from keel.run.deployed import check_deployed
     from keel.project.loading import load_project
 
     p = load_project(project, profile)

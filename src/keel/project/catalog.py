@@ -8,20 +8,23 @@ from __future__ import annotations
 
 import contextlib
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, TypeVar, assert_never
 
 from keel.errors import Problem
 
-if TYPE_CHECKING:
-    from keel.project.declare import Declaration
+if TYPE_CHECKING:  # declare registers into the catalog being loaded, so it imports this module
+    from keel.project.declare import (AnyDeclaration, Aggregation, Check, Declaration, Endpoint, Experiment, Job,
+                                      Kind, Metric, Processor, Stream, Table, View)
+
+D = TypeVar("D", bound="Declaration")
 
 _NAME = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
 _loading: list[Catalog] = []
 
 
-def register(decl: Declaration) -> None:
+def register(decl: AnyDeclaration) -> None:
     """Add a declaration to the catalog being loaded, or to a module-level default one."""
     (_loading[-1] if _loading else DEFAULT).add(decl)
 
@@ -39,58 +42,110 @@ def collecting() -> Iterator[Catalog]:
 
 @dataclass
 class Catalog:
-    items: dict[str, dict[str, Any]] = field(default_factory=dict)  # kind -> name -> declaration
-    duplicates: list[Declaration] = field(default_factory=list)
+    """The declarations of one project, each kind in its own typed bucket (name -> declaration).
 
-    def add(self, decl: Declaration) -> None:
-        bucket = self.items.setdefault(decl.kind, {})
+    A name is unique within a kind: a second declaration of the same kind and name is kept in
+    `duplicates` (for `keel check`), not in its bucket."""
+
+    duplicates: list[Declaration] = field(default_factory=list)
+    _streams: dict[str, Stream] = field(default_factory=dict, init=False)
+    _tables: dict[str, Table] = field(default_factory=dict, init=False)
+    _views: dict[str, View] = field(default_factory=dict, init=False)
+    _processors: dict[str, Processor] = field(default_factory=dict, init=False)
+    _aggregations: dict[str, Aggregation] = field(default_factory=dict, init=False)
+    _jobs: dict[str, Job] = field(default_factory=dict, init=False)
+    _endpoints: dict[str, Endpoint] = field(default_factory=dict, init=False)
+    _experiments: dict[str, Experiment] = field(default_factory=dict, init=False)
+    _metrics: dict[str, Metric] = field(default_factory=dict, init=False)
+    _checks: dict[str, Check] = field(default_factory=dict, init=False)
+    _kinds: list[Kind] = field(default_factory=list, init=False)  # in the order each kind was first added
+
+    def add(self, decl: AnyDeclaration) -> None:
+        if decl.kind not in self._kinds:
+            self._kinds.append(decl.kind)
+        if decl.kind == "stream":
+            self._put(self._streams, decl)
+        elif decl.kind == "table":
+            self._put(self._tables, decl)
+        elif decl.kind == "view":
+            self._put(self._views, decl)
+        elif decl.kind == "processor":
+            self._put(self._processors, decl)
+        elif decl.kind == "aggregation":
+            self._put(self._aggregations, decl)
+        elif decl.kind == "job":
+            self._put(self._jobs, decl)
+        elif decl.kind == "endpoint":
+            self._put(self._endpoints, decl)
+        elif decl.kind == "experiment":
+            self._put(self._experiments, decl)
+        elif decl.kind == "metric":
+            self._put(self._metrics, decl)
+        elif decl.kind == "check":
+            self._put(self._checks, decl)
+        else:
+            assert_never(decl)  # a new kind of declaration needs its bucket here
+
+    def _put(self, bucket: dict[str, D], decl: D) -> None:
         if decl.name in bucket:
             self.duplicates.append(decl)
         else:
             bucket[decl.name] = decl
 
-    def of(self, kind: str) -> dict[str, Any]:
-        return self.items.get(kind, {})
+    def of(self, kind: Kind) -> Mapping[str, Declaration]:
+        """The declarations of one kind, by name."""
+        buckets: dict[Kind, Mapping[str, Declaration]] = {
+            "stream": self._streams, "table": self._tables, "view": self._views, "processor": self._processors,
+            "aggregation": self._aggregations, "job": self._jobs, "endpoint": self._endpoints,
+            "experiment": self._experiments, "metric": self._metrics, "check": self._checks,
+        }
+        return buckets[kind]
 
     @property
-    def streams(self) -> dict[str, Any]:
-        return self.of("stream")
+    def items(self) -> dict[Kind, Mapping[str, Declaration]]:
+        """kind -> name -> declaration, for each kind declared at least once."""
+        return {kind: self.of(kind) for kind in self._kinds}
 
     @property
-    def tables(self) -> dict[str, Any]:
-        return self.of("table")
+    def streams(self) -> dict[str, Stream]:
+        return self._streams
 
     @property
-    def views(self) -> dict[str, Any]:
-        return self.of("view")
+    def tables(self) -> dict[str, Table]:
+        return self._tables
 
     @property
-    def processors(self) -> dict[str, Any]:
-        return {**self.of("processor"), **self.of("aggregation")}
+    def views(self) -> dict[str, View]:
+        return self._views
 
     @property
-    def jobs(self) -> dict[str, Any]:
-        return self.of("job")
+    def processors(self) -> dict[str, Processor | Aggregation]:
+        """Processors and aggregations (an aggregation wins over a processor of the same name)."""
+        return {**self._processors, **self._aggregations}
 
     @property
-    def endpoints(self) -> dict[str, Any]:
-        return self.of("endpoint")
+    def jobs(self) -> dict[str, Job]:
+        return self._jobs
 
     @property
-    def experiments(self) -> dict[str, Any]:
-        return self.of("experiment")
+    def endpoints(self) -> dict[str, Endpoint]:
+        return self._endpoints
 
     @property
-    def metrics(self) -> dict[str, Any]:
-        return self.of("metric")
+    def experiments(self) -> dict[str, Experiment]:
+        return self._experiments
 
     @property
-    def checks(self) -> dict[str, Any]:
-        return self.of("check")
+    def metrics(self) -> dict[str, Metric]:
+        return self._metrics
 
-    def all(self) -> Iterator[Any]:
-        for bucket in self.items.values():
-            yield from bucket.values()
+    @property
+    def checks(self) -> dict[str, Check]:
+        return self._checks
+
+    def all(self) -> Iterator[Declaration]:
+        for kind in self._kinds:
+            yield from self.of(kind).values()
 
     def table_producers(self) -> dict[str, str]:
         """table name -> the processor or job that writes it."""

@@ -10,16 +10,29 @@ from __future__ import annotations
 
 import inspect
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 from keel.project.catalog import register
+from keel.project.measures import Agg, Measure
 from keel.project.schema import Event
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)\s*$")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+# The closed vocabularies of declarations. They type the declaring functions for a type checker; a
+# user without one who misspells a value still gets `keel check`'s message (keel.project.checks).
+Kind = Literal["stream", "table", "view", "processor", "aggregation", "job", "endpoint", "experiment", "metric",
+               "check"]
+WindowType = Literal["tumbling", "hopping", "session"]
+CheckKind = Literal["freshness", "volume"]
+MetricAggregate = Literal["conversion", "sum"]
+METRIC_AGGREGATES: tuple[MetricAggregate, ...] = ("conversion", "sum")
+# An endpoint's method stays a str: it is parsed from the route text, and `keel check` names a bad one.
+HTTP_METHODS = ("GET", "POST", "PUT", "DELETE")
 
 
 def seconds(duration: str | float | int | None) -> float | None:
@@ -51,7 +64,7 @@ class Declaration:
     file: str = "?"
     line: int = 0
 
-    kind: str = field(default="declaration", init=False)
+    kind: Kind = field(init=False)  # each kind of declaration sets its own
 
 
 # Event times every stream refuses, whatever it declares: before 1900 or from 2200 on. Far inside what
@@ -79,7 +92,7 @@ class Stream(Declaration):
     max_future: float | None = DEFAULT_MAX_FUTURE
     max_past: float | None = None
     max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES
-    kind: str = field(default="stream", init=False)
+    kind: Literal["stream"] = field(default="stream", init=False)
 
     def event_time_bounds(self, now_ms: int) -> tuple[int, int]:
         """(earliest, latest) event time in epoch ms, both inclusive, that this stream accepts at ``now_ms``."""
@@ -94,20 +107,20 @@ class Stream(Declaration):
 @dataclass(frozen=True, kw_only=True)
 class Table(Declaration):
     partition_by: tuple[str, ...] = ()
-    kind: str = field(default="table", init=False)
+    kind: Literal["table"] = field(default="table", init=False)
 
 
 @dataclass(frozen=True, kw_only=True)
 class View(Declaration):
     ttl: str | None = None
-    kind: str = field(default="view", init=False)
+    kind: Literal["view"] = field(default="view", init=False)
 
 
 @dataclass(frozen=True)
 class Window:
     """An event-time window: tumbling (size), hopping (size, every) or session (gap)."""
 
-    type: str
+    type: WindowType
     size: float
     every: float | None = None
 
@@ -151,21 +164,21 @@ class Processor(Declaration):
     transform: Callable[..., Any] | None = None
     state_key: str | None = None
     lookups: tuple[Lookup, ...] = ()
-    kind: str = field(default="processor", init=False)
+    kind: Literal["processor"] = field(default="processor", init=False)
 
 
 @dataclass(frozen=True, kw_only=True)
 class Aggregation(Declaration):
-    """A keyed aggregation over event-time windows; `measures` maps output column -> Agg."""
+    """A keyed aggregation over event-time windows; `measures` maps output column -> Measure."""
 
     stream: Stream
     by: str
     window: Window
     into: tuple[Table | View, ...]
-    measures: dict[str, Any]
+    measures: dict[str, Measure]
     lateness: float = 0.0
     top: int | None = None  # keep the top-N keys per window in each view (ranked by the first measure)
-    kind: str = field(default="aggregation", init=False)
+    kind: Literal["aggregation"] = field(default="aggregation", init=False)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -178,7 +191,7 @@ class Job(Declaration):
     output: Table | View | None
     key: str | None = None  # for a view output: the column whose value is the view key
     retries: int = 2
-    kind: str = field(default="job", init=False)
+    kind: Literal["job"] = field(default="job", init=False)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -187,7 +200,7 @@ class Experiment(Declaration):
     unit: str
     metrics: tuple[str, ...] = ()
     control: str = ""
-    kind: str = field(default="experiment", init=False)
+    kind: Literal["experiment"] = field(default="experiment", init=False)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -196,9 +209,9 @@ class Metric(Declaration):
 
     table: str
     unit: str
-    aggregate: str = "conversion"
+    aggregate: MetricAggregate = "conversion"
     value: str | None = None
-    kind: str = field(default="metric", init=False)
+    kind: Literal["metric"] = field(default="metric", init=False)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -209,21 +222,24 @@ class Endpoint(Declaration):
     experiment: Experiment | None = None
     reads: tuple[str, ...] = ()  # views the handler reads (for lineage and docs)
     fallback: Callable[..., Any] | None = None  # answers (without a variant) when the handler's backends fail
-    kind: str = field(default="endpoint", init=False)
+    kind: Literal["endpoint"] = field(default="endpoint", init=False)
 
 
 @dataclass(frozen=True, kw_only=True)
 class Check(Declaration):
     """Freshness (newest row younger than `within`) or volume (at least `min_rows` within `within`)."""
 
-    check: str
+    check: CheckKind
     table: str
     within: float
     min_rows: int = 0
-    kind: str = field(default="check", init=False)
+    kind: Literal["check"] = field(default="check", init=False)
 
 
-D = TypeVar("D", bound=Declaration)
+# Every concrete declaration: a catalog keeps each kind apart, picked by its `kind`.
+AnyDeclaration = Stream | Table | View | Processor | Aggregation | Job | Endpoint | Experiment | Metric | Check
+
+D = TypeVar("D", bound=AnyDeclaration)
 
 
 def _declare(cls: type[D], **kw: Any) -> D:
@@ -298,14 +314,12 @@ def stateful(source: Stream, *, key: str, into: list[Table | View] | Table | Vie
 
 def aggregate(source: Stream, *, by: str, window: Window, into: list[Table | View] | Table | View,
               lateness: str | float = 0, top: int | None = None, name: str | None = None, owner: str = "",
-              description: str = "") -> Callable[[Callable[..., Any]], Aggregation]:
+              description: str = "") -> Callable[[Callable[[Agg], Mapping[str, Measure]]], Aggregation]:
     """Declare a windowed aggregation. The function receives an `Agg` builder and returns
     a dict of output column -> measure, e.g. ``{"views": w.count()}``."""
-    from keel.streaming.measures import Agg
-
     targets = tuple(into) if isinstance(into, list) else (into,)
 
-    def wrap(fn: Callable[..., Any]) -> Aggregation:
+    def wrap(fn: Callable[[Agg], Mapping[str, Measure]]) -> Aggregation:
         return _declare(Aggregation, name=name or fn.__name__, stream=source, by=by, window=window, into=targets,
                         measures=dict(fn(Agg())), lateness=seconds(lateness) or 0.0, top=top,
                         owner=owner or source.owner, description=description or (fn.__doc__ or "").strip())
@@ -333,7 +347,7 @@ def experiment(name: str, *, variants: dict[str, float], unit: str, metrics: lis
                     control=control or next(iter(variants), ""), owner=owner, description=description)
 
 
-def metric(name: str, *, table: str, unit: str, aggregate: str = "conversion", value: str | None = None,
+def metric(name: str, *, table: str, unit: str, aggregate: MetricAggregate = "conversion", value: str | None = None,
            owner: str = "", description: str = "") -> Metric:
     """Declare a per-unit metric over a lake table, for experiments."""
     return _declare(Metric, name=name, table=table, unit=unit, aggregate=aggregate, value=value,

@@ -14,7 +14,7 @@ from pathlib import Path
 from keel.project.catalog import Catalog, collecting
 from keel.project.config import Config, load_config
 from keel.errors import KeelError, Problem, ProjectError
-from keel.experiments.exposures import add_exposures
+from keel.project.exposures import add_exposures
 
 
 @dataclass(frozen=True)

@@ -73,7 +73,7 @@ class Runtime:
         from keel.errors import NotFoundError
 
         try:
-            return self.catalog.streams[name]  # type: ignore[no-any-return]
+            return self.catalog.streams[name]
         except KeyError:
             known = ", ".join(sorted(self.catalog.streams)) or "none"
             raise NotFoundError(f"no stream {name!r} in this project; streams: {known}") from None

@@ -19,7 +19,7 @@ import polars as pl
 
 from keel.project.declare import Aggregation
 from keel.project.schema import EVENT_TIME
-from keel.streaming.measures import Measure
+from keel.streaming.measures import Measure, final_expr, merge_exprs, partial_exprs
 from keel.streaming.windows import WEND, WSTART, Emitted, advance_watermark, overflowing
 
 _LAST = "__last_us"
@@ -40,11 +40,11 @@ class SessionState:
         self.watermark_us = watermark_us
         self.late_count = 0
         self.marks: dict[int, int] = {}
-        self._partial_exprs = [e for name, m in self.measures.items() for e in m.partial(name)]
-        self._merge_exprs = [e for name, m in self.measures.items() for e in m.merge(name)]
+        self._partial_exprs = [e for name, m in self.measures.items() for e in partial_exprs(m, name)]
+        self._merge_exprs = [e for name, m in self.measures.items() for e in merge_exprs(m, name)]
 
     def final(self, partial: pl.DataFrame) -> pl.DataFrame:
-        finals = [m.final(name) for name, m in self.measures.items()]
+        finals = [final_expr(m, name) for name, m in self.measures.items()]
         return partial.select(
             pl.from_epoch(pl.col(WSTART), "us").dt.replace_time_zone("UTC").alias(WSTART),
             pl.from_epoch(pl.col(_LAST) + self.gap_us, "us").dt.replace_time_zone("UTC").alias(WEND),

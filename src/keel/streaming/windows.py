@@ -28,7 +28,7 @@ import polars as pl
 from keel.project.declare import Aggregation
 from keel.project.schema import EVENT_TIME
 from keel.streaming.decode import EARLIEST_US, LATEST_US
-from keel.streaming.measures import Measure
+from keel.streaming.measures import Measure, final_expr, merge_exprs, partial_exprs
 
 WSTART, WEND = "window_start", "window_end"
 
@@ -86,8 +86,8 @@ class WindowState:
         self.watermark_us = watermark_us  # None until the first event
         self.late_count = 0
         self.marks: dict[int, int] = {}  # partition -> greatest event time seen (µs)
-        self._partial_exprs = [e for name, m in self.measures.items() for e in m.partial(name)]
-        self._merge_exprs = [e for name, m in self.measures.items() for e in m.merge(name)]
+        self._partial_exprs = [e for name, m in self.measures.items() for e in partial_exprs(m, name)]
+        self._merge_exprs = [e for name, m in self.measures.items() for e in merge_exprs(m, name)]
 
     def unrepresentable(self, events: pl.DataFrame) -> list[tuple[int, str]]:
         """Events whose windows cannot be represented (see `overflowing`); `update` must not get them."""
@@ -113,7 +113,7 @@ class WindowState:
 
     def final(self, partial: pl.DataFrame) -> pl.DataFrame:
         """Partials -> output rows: window_start, window_end (UTC), key, measures."""
-        finals = [m.final(name) for name, m in self.measures.items()]
+        finals = [final_expr(m, name) for name, m in self.measures.items()]
         return partial.select(
             pl.from_epoch(pl.col(WSTART), "us").dt.replace_time_zone("UTC").alias(WSTART),
             pl.from_epoch(pl.col(WSTART) + self.size_us, "us").dt.replace_time_zone("UTC").alias(WEND),
