@@ -62,7 +62,7 @@ def find_processor(catalog: Catalog, name: str) -> Processor | Aggregation:
     if found is None:
         known = ", ".join(sorted(catalog.processors)) or "none"
         raise NotFoundError(f"no processor {name!r} in this project; processors: {known}")
-    return found  # type: ignore[no-any-return]
+    return found
 
 
 STALL_SECONDS = 60.0
