@@ -22,7 +22,7 @@ import traceback
 from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 from rich.console import Console
@@ -31,7 +31,10 @@ from rich.text import Text
 from keel.cli.render import print_rows
 from keel.errors import KeelError, NotFoundError, ProjectError
 
-__all__ = ["app", "main", "print_rows"]
+if TYPE_CHECKING:
+    from keel.run.runtime import Runtime
+
+__all__ = ["app", "main"]
 
 out = Console()
 err = Console(stderr=True)
@@ -48,7 +51,7 @@ def project_options(command: F) -> F:
                         show_default=True, help="The project folder (holding keel.toml).")(command)
 
 
-def _runtime(project: Path, profile: str | None) -> Any:
+def _runtime(project: Path, profile: str | None) -> Runtime:
     from keel.run.runtime import Runtime
 
     return Runtime.open(project, profile)
@@ -397,7 +400,7 @@ def experiments_report(name: str, project: Path, profile: str | None) -> None:
         out.print(f"no exposures of {name} yet: the {EXPOSURES} table is not created yet "
                   "(`keel up` serves the experiment's endpoints and lands each exposure)", highlight=False)
         return
-    for metric, result in experiment_report(rt, name).items():
+    for metric, result in experiment_report(rt.sql_session(), rt.catalog, name).items():
         out.print(f"[bold]{name} / {metric}[/bold]")
         for line in result.summary_lines():
             out.print("  " + line)

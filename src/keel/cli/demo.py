@@ -208,12 +208,12 @@ def read_summary(rt: Runtime, platform: Platform, metrics_text: str) -> Summary:
     tables = {t: rt.lake.describe(t).rows for t in sorted(rt.lake.list_tables())}
     views = {v: rt.views.count(v) for v in rt.catalog.views}
     jobs = [{"job": r.task, "state": r.state, "attempts": r.attempts} for r in platform.scheduler.runs()]
-    exp = experiment_report(rt, "recs_v2")
+    exp = experiment_report(rt.sql_session(), rt.catalog, "recs_v2")
     rejected = sum(int(float(line.rsplit(" ", 1)[1])) for line in metrics_text.splitlines()
                    if line.startswith("keel_events_rejected_total"))
     processors = [{k: row.get(k) for k in ("name", "events", "late", "dead_lettered")}
                   for row in platform.status() if row["kind"] in ("processor", "aggregation")]
-    summary = Summary(acknowledged, tables, views, jobs, exp, run_checks(rt), processors, rejected)
+    summary = Summary(acknowledged, tables, views, jobs, exp, run_checks(rt.lake, rt.catalog), processors, rejected)
     for stream, table in (("page_views", "page_views"), ("purchases", "purchases"), ("exposures", "exposures")):
         if tables.get(table, 0) != acknowledged.get(stream, -1):
             summary.problems.append(f"{table}: {tables.get(table, 0)} rows in the lake but {acknowledged.get(stream)} "

@@ -7,12 +7,12 @@ A unit exposed to more than one variant is left out and counted (it would bias b
 
 from __future__ import annotations
 
-from typing import Any
-
-from keel.project.declare import Experiment, Metric
 from keel.errors import NotFoundError
 from keel.experiments.analysis import ExperimentResult, analyze
 from keel.experiments.exposures import EXPOSURES
+from keel.lake.sql import SqlSession
+from keel.project.catalog import Catalog
+from keel.project.declare import Experiment, Metric
 
 
 def outcomes_sql(exp: Experiment, metric: Metric) -> str:
@@ -32,15 +32,14 @@ def outcomes_sql(exp: Experiment, metric: Metric) -> str:
     """
 
 
-def experiment_report(runtime: Any, name: str) -> dict[str, ExperimentResult]:
-    """metric name -> result of the treatment(s) against the control, from the lake."""
-    exp = runtime.catalog.experiments.get(name)
+def experiment_report(session: SqlSession, catalog: Catalog, name: str) -> dict[str, ExperimentResult]:
+    """metric name -> result of the treatment(s) against the control, from the lake tables `session` reads."""
+    exp = catalog.experiments.get(name)
     if exp is None:
-        raise NotFoundError(f"no experiment {name!r}; experiments: {sorted(runtime.catalog.experiments) or 'none'}")
-    session = runtime.sql_session()
+        raise NotFoundError(f"no experiment {name!r}; experiments: {sorted(catalog.experiments) or 'none'}")
     results = {}
     for metric_name in exp.metrics:
-        metric = runtime.catalog.metrics[metric_name]
+        metric = catalog.metrics[metric_name]
         table = session.query(outcomes_sql(exp, metric))
         treatment = next(v for v in exp.variants if v != exp.control)
         results[metric_name] = analyze(table, control=exp.control, treatment=treatment, weights=exp.variants)

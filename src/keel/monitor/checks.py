@@ -5,20 +5,23 @@ from __future__ import annotations
 from datetime import datetime, timezone
 from typing import Any
 
-from keel.project.declare import Check
 from keel.errors import KeelError
+from keel.lake import Lake
+from keel.lake.sql import SqlSession
+from keel.project.catalog import Catalog
+from keel.project.declare import Check
 from keel.project.schema import EVENT_TIME
 
 
-def run_check(runtime: Any, check: Check) -> dict[str, Any]:
+def run_check(lake: Lake, check: Check, session: SqlSession | None = None) -> dict[str, Any]:
     """{"check", "ok", "detail"} for one check, read from the lake."""
     now = datetime.now(timezone.utc)
     try:
-        info = runtime.lake.describe(check.table)
+        info = lake.describe(check.table)
     except KeelError as exc:
         return {"check": check.name, "ok": False, "detail": str(exc)}
     has_time = EVENT_TIME in info.schema.names
-    session = runtime.sql_session()
+    session = session or SqlSession(lake)
     if check.check == "freshness":
         if has_time:
             newest = session.query(f"select max({EVENT_TIME}) as t from {check.table}").column("t")[0].as_py()
@@ -38,5 +41,6 @@ def run_check(runtime: Any, check: Check) -> dict[str, Any]:
             "detail": f"{rows} rows in the last {check.within:.0f} s (minimum {check.min_rows})"}
 
 
-def run_checks(runtime: Any) -> list[dict[str, Any]]:
-    return [run_check(runtime, c) for c in runtime.catalog.checks.values()]
+def run_checks(lake: Lake, catalog: Catalog) -> list[dict[str, Any]]:
+    session = SqlSession(lake)
+    return [run_check(lake, c, session) for c in catalog.checks.values()]

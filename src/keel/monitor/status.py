@@ -9,9 +9,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from keel.engines import OnDemand
+from keel.errors import NotFoundError
 from keel.project.config import Config
 from keel.schemes import file_path
-from keel.errors import NotFoundError
 
 NOT_CREATED = "not created yet"
 HOW_TO_CREATE = "`keel up` creates it"
@@ -24,12 +25,12 @@ def created(config: Config, area: str) -> bool:
     return not url.startswith("file://") or file_path(url).exists()
 
 
-def stream_exists(runtime: Any, name: str) -> bool:
+def stream_exists(runtime: OnDemand, name: str) -> bool:
     """Whether `name` is on the bus, without creating the bus or the stream."""
     return created(runtime.config, "bus") and name in runtime.bus.list_streams()
 
 
-def streams_overview(runtime: Any) -> list[dict[str, Any]]:
+def streams_overview(runtime: OnDemand) -> list[dict[str, Any]]:
     """One row per stream on the bus (records, lag per group, pending dead letters), then one per
     declared stream that is not on it yet."""
     from keel.bus.ops import list_streams
@@ -49,7 +50,7 @@ def streams_overview(runtime: Any) -> list[dict[str, Any]]:
     return rows
 
 
-def _stream_rows(runtime: Any) -> list[dict[str, Any]]:
+def _stream_rows(runtime: OnDemand) -> list[dict[str, Any]]:
     rows = []
     bus_created = created(runtime.config, "bus")
     for s in runtime.catalog.streams.values():
@@ -67,7 +68,7 @@ def _stream_rows(runtime: Any) -> list[dict[str, Any]]:
     return rows
 
 
-def project_status(runtime: Any) -> dict[str, list[dict[str, Any]]]:
+def project_status(runtime: OnDemand) -> dict[str, list[dict[str, Any]]]:
     from keel.jobs.embedded import EmbeddedScheduler
     from keel.monitor.checks import run_checks
 
@@ -84,7 +85,7 @@ def project_status(runtime: Any) -> dict[str, list[dict[str, Any]]]:
             runs = [{"job": r.task, "logical date": r.logical_date, "state": r.state, "error": r.error}
                     for r in scheduler.runs(limit=10)]
     if lake_created:
-        checks = run_checks(runtime)
+        checks = run_checks(runtime.lake, runtime.catalog)
     else:
         checks = [{"check": c.name, "ok": False, "detail": f"table {c.table} {NOT_CREATED}"}
                   for c in runtime.catalog.checks.values()]

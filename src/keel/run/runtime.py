@@ -9,7 +9,6 @@ from __future__ import annotations
 import threading
 from functools import cached_property
 from pathlib import Path
-from typing import Any
 from urllib.parse import urlsplit
 
 from keel.bus import Bus, StreamConfig, open_bus
@@ -22,6 +21,7 @@ from keel.errors import BackendError, ConfigError, KeelError
 from keel.kv import KeyValue, open_kv
 from keel.kv.views import Views
 from keel.lake import Lake, open_lake
+from keel.lake.sql import SqlSession
 from keel.project.loading import Project, load_project
 
 
@@ -101,9 +101,7 @@ class Runtime:
                 where = "" if url in str(exc) else f" ({_redact(url)})"
                 raise kind(f"cannot start: the {area}{where} is not usable: {exc}") from exc
 
-    def sql_session(self) -> Any:
-        from keel.lake.sql import SqlSession
-
+    def sql_session(self) -> SqlSession:
         return SqlSession(self.lake)
 
     def close(self) -> None:
