@@ -352,7 +352,7 @@ def lake_maintain(names: tuple[str, ...], project: Path, profile: str | None, al
         out.print("no table needs maintenance (use --all to force)")
         return
     shown = ("table", "files_before", "files_after", "files_vacuumed", "checkpoint_version", "seconds")
-    rows = [lake_.maintain(name) for name in chosen]
+    rows: list[dict[str, object]] = [dict(lake_.maintain(name)) for name in chosen]
     print_rows([{k: r[k] for k in shown} for r in rows], "maintenance", out)
 
 

@@ -51,7 +51,7 @@ def streams_overview(runtime: OnDemand) -> list[dict[str, Any]]:
 
 
 def _stream_rows(runtime: OnDemand) -> list[dict[str, Any]]:
-    rows = []
+    rows: list[dict[str, Any]] = []
     bus_created = created(runtime.config, "bus")
     for s in runtime.catalog.streams.values():
         try:
