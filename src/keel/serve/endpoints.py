@@ -67,11 +67,11 @@ def endpoint_handler(ep: Endpoint, views: Views, produce: Produce, kv: Backend, 
     exp = ep.experiment
     fallback = getattr(ep, "fallback", None)
 
-    def primary(params: dict[str, str], query: dict[str, str], variant: str | None) -> Any:
+    def primary(params: dict[str, str], query: dict[str, str], variant: str | None) -> object:
         req = EndpointRequest(params, query, views, kv)
         return ep.handler(req) if variant is None else ep.handler(req, variant)
 
-    def secondary(params: dict[str, str], query: dict[str, str]) -> Any:
+    def secondary(params: dict[str, str], query: dict[str, str]) -> object:
         assert fallback is not None
         return fallback(EndpointRequest(params, query, views, kv))
 

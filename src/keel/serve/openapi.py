@@ -17,6 +17,8 @@ from keel.project.declare import Endpoint, Stream, View
 from keel.serve.ingest import storable_schema
 from keel.serve.routes import Route
 
+Json = dict[str, Any]  # a JSON object of the document
+
 _ERROR = {"type": "object", "properties": {"error": {"type": "string"}, "errors": {"type": "array"}}}
 _SECURITY: list[dict[str, list[str]]] = [{"bearer": []}, {"apiKey": []}]
 _SCHEMES = {"bearer": {"type": "http", "scheme": "bearer", "description": "a key from `keel keys create`"},
@@ -24,11 +26,11 @@ _SCHEMES = {"bearer": {"type": "http", "scheme": "bearer", "description": "a key
 _RETRY_AFTER = {"Retry-After": {"schema": {"type": "string"}, "description": "seconds to wait before retrying"}}
 
 
-def _json(schema: dict[str, Any]) -> dict[str, Any]:
+def _json(schema: Json) -> Json:
     return {"content": {"application/json": {"schema": schema}}}
 
 
-def _guarded(responses: dict[str, Any], body: bool = False) -> dict[str, Any]:
+def _guarded(responses: Json, body: bool = False) -> Json:
     """The answers every protected operation may give besides its own."""
     out = {
         **responses,
@@ -44,11 +46,11 @@ def _guarded(responses: dict[str, Any], body: bool = False) -> dict[str, Any]:
     return out
 
 
-def _key_param() -> dict[str, Any]:
+def _key_param() -> Json:
     return {"name": "key", "in": "path", "required": True, "schema": {"type": "string", "pattern": "^[^/]+$"}}
 
 
-def _date_time_formats(struct: type, schema: dict[str, Any]) -> None:
+def _date_time_formats(struct: type, schema: Json) -> None:
     """Mark datetime fields ``format: date-time``: msgspec's schema says only "string", which let clients
     (and schemathesis) believe any string is a valid event time; ingest requires RFC 3339."""
     info = msgspec.inspect.type_info(struct)
@@ -64,7 +66,7 @@ def _date_time_formats(struct: type, schema: dict[str, Any]) -> None:
                                               "stream's max_future (default 1 day) ahead of the ack time")
 
 
-def _ingest(s: Stream, components: dict[str, Any]) -> dict[str, Any]:
+def _ingest(s: Stream, components: Json) -> Json:
     # the schema ingest validates against (ints bounded to 64 bits), so clients see the same bounds
     (schema,), defs = msgspec.json.schema_components([storable_schema(s.schema)],
                                                      ref_template="#/components/schemas/{name}")
@@ -83,14 +85,14 @@ def _ingest(s: Stream, components: dict[str, Any]) -> dict[str, Any]:
             "400": {"description": "invalid events; nothing written", **_json(_ERROR)}}, body=True)}
 
 
-def _view_one(v: View) -> dict[str, Any]:
+def _view_one(v: View) -> Json:
     return {"summary": f"Read one value of view {v.name}", "operationId": f"view_{v.name}", "security": _SECURITY,
             "parameters": [_key_param()],
             "responses": _guarded({"200": {"description": "the value", **_json({})},
                                    "404": {"description": "no value", **_json(_ERROR)}})}
 
 
-def _view_many(v: View) -> dict[str, Any]:
+def _view_many(v: View) -> Json:
     return {"summary": f"Read many values of view {v.name}", "operationId": f"views_{v.name}", "security": _SECURITY,
             "requestBody": {"required": True, "content": {"application/json": {"schema": {
                 "type": "object", "required": ["keys"], "additionalProperties": False,
@@ -101,9 +103,9 @@ def _view_many(v: View) -> dict[str, Any]:
                 "400": {"description": "not a {\"keys\": [...]} body", **_json(_ERROR)}}, body=True)}
 
 
-def _endpoint(ep: Endpoint) -> dict[str, Any]:
+def _endpoint(ep: Endpoint) -> Json:
     params = [p.strip("{}") for p in ep.path.split("/") if p.startswith("{")]
-    responses: dict[str, Any] = {"200": {"description": "result", **_json({"type": "object"})}}
+    responses: Json = {"200": {"description": "result", **_json({"type": "object"})}}
     if ep.experiment is not None:
         responses["400"] = {"description": f"no {ep.experiment.unit} to assign a variant", **_json(_ERROR)}
     return {"summary": ep.description or ep.name, "operationId": ep.name, "security": _SECURITY,
@@ -113,19 +115,19 @@ def _endpoint(ep: Endpoint) -> dict[str, Any]:
             "responses": _guarded(responses)}
 
 
-def _probe(name: str) -> dict[str, Any]:
+def _probe(name: str) -> Json:
     return {"summary": name, "operationId": name, "security": [],
             "responses": {"200": {"description": "ok", **_json({})},
                           "503": {"description": "not ready", "headers": _RETRY_AFTER, **_json({})}}}
 
 
-def openapi_document(catalog: Catalog, routes: Iterable[Route]) -> dict[str, Any]:
+def openapi_document(catalog: Catalog, routes: Iterable[Route]) -> Json:
     """The document of the gateway's route table: one operation per stream, view and endpoint of
     `catalog` for the routes that serve them, and the probes; /metrics and /openapi.json are not
     documented. Paths are listed streams, views, endpoints, probes (in declaration order)."""
-    components: dict[str, Any] = {}
+    components: Json = {}
     # (group, position in the group, order in the table) -> (path, method, operation)
-    operations: dict[tuple[int, int, int], tuple[str, str, dict[str, Any]]] = {}
+    operations: dict[tuple[int, int, int], tuple[str, str, Json]] = {}
     for order, route in enumerate(routes):
         method = route.method.lower()
         if route.scope is not None and route.scope.startswith("call:"):
@@ -141,7 +143,7 @@ def openapi_document(catalog: Catalog, routes: Iterable[Route]) -> dict[str, Any
                 operations[(1, i, order)] = (route.path.replace("{view}", v.name), method, document(v))
         elif route.name in ("healthz", "readyz"):
             operations[(3, 0, order)] = (route.path, method, _probe(route.name))
-    paths: dict[str, Any] = {}
+    paths: Json = {}
     for key in sorted(operations):
         path, method, operation = operations[key]
         paths.setdefault(path, {})[method] = operation

@@ -9,8 +9,7 @@ measured in benchmarks/RESULTS.md ("Serving"), these are what the throughput was
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, MutableMapping
-from typing import Any
+from collections.abc import Awaitable, Callable
 
 import msgspec
 
@@ -18,10 +17,8 @@ from keel.errors import BackendError
 from keel.serve.limits import retry_after
 from keel.serve.resilience import CircuitOpenError
 from keel.serve.responses import error_body
+from keel.serve.routes import Receive, Send
 
-Message = MutableMapping[str, Any]
-Send = Callable[[Message], Awaitable[None]]
-Receive = Callable[[], Awaitable[Message]]
 Read = Callable[[list[str]], Awaitable[list[bytes | None]]]
 
 MAX_KEYS = 1000  # keys per batch lookup
