@@ -35,8 +35,8 @@ from keel.serve.openapi import openapi_document
 from keel.serve.produce import GroupProducer
 from keel.serve.resilience import Backend
 from keel.serve.responses import json_response, unavailable
-from keel.serve.routes import PUBLIC, Receive, Route, RouteTable, Send
-from keel.serve.views import view_many, view_one
+from keel.serve.routes import PUBLIC, Route, RouteTable
+from keel.serve.views import ViewRoutes
 
 
 def gateway_options(serve: ServeConfig, production: bool) -> GatewayOptions:
@@ -57,13 +57,7 @@ def build_app(catalog: Catalog, engines: Engines, kv_url: str, options: GatewayO
                         executor=ThreadPoolExecutor(options.workers, thread_name_prefix="keel-gateway"))
     metrics = Metrics(services.breakers)
     producer = GroupProducer(bus.produce, services.bus, services.executor)
-    view_names = set(catalog.views)
-
-    async def view(params: dict[str, str], receive: Receive, send: Send) -> int:
-        return await view_one(services.read, view_names, params["view"], params["key"], send)
-
-    async def view_batch(params: dict[str, str], receive: Receive, send: Send) -> int:
-        return await view_many(services.read, view_names, params["view"], receive, send, options.max_body_bytes)
+    lookups = ViewRoutes(services.read, set(catalog.views), options.max_body_bytes)
 
     async def ingest(request: Request) -> Response:
         name = request.path_params["stream"]
@@ -116,8 +110,8 @@ def build_app(catalog: Catalog, engines: Engines, kv_url: str, options: GatewayO
 
     # tried in this order; the view lookups first: they are the hot path
     routes = [
-        Route("view", "GET", "/v1/views/{view}/{key}", "read:{view}", raw=view, timed=False),
-        Route("views", "POST", "/v1/views/{view}", "read:{view}", raw=view_batch),
+        Route("view", "GET", "/v1/views/{view}/{key}", "read:{view}", raw=lookups.one, timed=False),
+        Route("views", "POST", "/v1/views/{view}", "read:{view}", raw=lookups.many),
         Route("ingest", "POST", "/v1/streams/{stream}/events", "ingest:{stream}", handler=ingest),
         Route("healthz", "GET", "/healthz", PUBLIC, handler=healthz),
         Route("readyz", "GET", "/readyz", PUBLIC, handler=readyz),

@@ -103,7 +103,10 @@ class Gateway:
             return
         self.shedder.inflight += 1
         try:
-            status = await self._run(scope, body, send, found)
+            if found is not None and found.direct is not None:  # no body to wait for; the kv read is timed itself
+                status = await found.direct(found.params, body, send)
+            else:
+                status = await self._run(scope, body, send, found)
         finally:
             self.shedder.inflight -= 1
             self.budget.release(body.reserved)
@@ -139,8 +142,6 @@ class Gateway:
     async def _run(self, scope: Scope, body: Body | Receive, send: Send, found: Found | None) -> int:
         """Run the route under the time limit; turn the limits and leftover errors into answers."""
         raw = None if found is None else found.route.raw
-        if raw is not None and found is not None and not found.route.timed:
-            return await raw(found.params, body, send)  # no body to wait for, and the kv read is timed itself
         status = 0
 
         async def watched_send(message: Message) -> None:

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from prometheus_client import Histogram
 
@@ -82,8 +83,7 @@ class LoadShedder:
         return None
 
 
-@dataclass(slots=True)
-class Credentials:
+class Credentials(NamedTuple):
     """What the front door reads from the request headers, in one pass."""
 
     token: str | None = None  # None: no key sent; "": an Authorization header that is not Bearer
@@ -92,17 +92,19 @@ class Credentials:
 
 
 def credentials(scope: Scope) -> Credentials:
-    found = Credentials()
+    token: str | None = None
+    length: bytes | None = None
+    chunked = False
     for name, value in scope["headers"]:
         if name == b"authorization":
-            found.token = value[7:].strip().decode("latin-1") if value[:7].lower() == b"bearer " else ""
+            token = value[7:].strip().decode("latin-1") if value[:7].lower() == b"bearer " else ""
         elif name == b"x-api-key":
-            found.token = value.strip().decode("latin-1")
+            token = value.strip().decode("latin-1")
         elif name == b"content-length":
-            found.length = value
+            length = value
         elif name == b"transfer-encoding":
-            found.chunked = True
-    return found
+            chunked = True
+    return Credentials(token, length, chunked)
 
 
 class Authenticator:
