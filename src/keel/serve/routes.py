@@ -18,7 +18,6 @@ table. A GET route of the Starlette path also answers HEAD, as Starlette's route
 
 from __future__ import annotations
 
-import re
 from collections.abc import Awaitable, Callable, Iterator, MutableMapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
