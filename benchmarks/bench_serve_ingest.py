@@ -31,10 +31,11 @@ from keel.project.loading import copy_example
 SERVE_KEEL = """
 import sys, uvicorn
 from keel.run.runtime import Runtime
-from keel.serve.app import build_app
+from keel.serve.app import build_app, gateway_options
 rt = Runtime.open(sys.argv[1])
 rt.ensure()
-uvicorn.run(build_app(rt), host="127.0.0.1", port=int(sys.argv[2]), log_level="warning", access_log=False)
+app = build_app(rt.catalog, rt.engines, rt.config.kv, gateway_options(rt.config.serve, rt.config.production))
+uvicorn.run(app, host="127.0.0.1", port=int(sys.argv[2]), log_level="warning", access_log=False)
 """
 POST_LUA = """
 wrk.method = "POST"

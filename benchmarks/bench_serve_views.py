@@ -41,9 +41,10 @@ PROJECT_MODULE = 'import keel\nitems = keel.view("items", owner="bench")\n'
 SERVE_KEEL = """
 import sys, uvicorn
 from keel.run.runtime import Runtime
-from keel.serve.app import build_app
+from keel.serve.app import build_app, gateway_options
 rt = Runtime.open(sys.argv[1])
-uvicorn.run(build_app(rt), host="127.0.0.1", port=int(sys.argv[2]), log_level="warning", access_log=False)
+app = build_app(rt.catalog, rt.engines, rt.config.kv, gateway_options(rt.config.serve, rt.config.production))
+uvicorn.run(app, host="127.0.0.1", port=int(sys.argv[2]), log_level="warning", access_log=False)
 """
 BATCH_LUA = """
 math.randomseed(7)

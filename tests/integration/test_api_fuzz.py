@@ -21,7 +21,7 @@ from schemathesis import GenerationMode
 
 from keel.project.loading import copy_example
 from keel.run.runtime import Runtime
-from keel.serve.app import build_app, gateway_options
+from tests.harness.gateway import gateway_of, options_of
 from keel.serve.keys import create_key
 
 KEY: dict[str, str] = {}
@@ -35,7 +35,7 @@ def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     rt.ensure()
     rt.views.put("trending", [("_top", {"items": [{"item_id": "a"}]})])
     _, KEY["value"] = create_key(rt.state_dir, "fuzzer", ["*", "ingest:exposures"])  # all routes
-    yield build_app(rt, replace(gateway_options(rt), anonymous_loopback=False))
+    yield gateway_of(rt, replace(options_of(rt), anonymous_loopback=False))
     rt.close()
 
 

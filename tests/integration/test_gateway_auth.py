@@ -13,7 +13,7 @@ from starlette.testclient import TestClient
 
 from keel.project.loading import copy_example
 from keel.run.runtime import Runtime
-from keel.serve.app import build_app, gateway_options
+from tests.harness.gateway import gateway_of, options_of
 from keel.serve.keys import create_key, revoke_key
 
 EVENT = {"page_views": {"user_id": "u1", "item_id": "i1"},
@@ -84,7 +84,7 @@ def test_every_scope_against_every_route(shop: Runtime) -> None:
     covered = {path.rsplit("/k1", 1)[0] for _, path, _, _ in ROUTES.values()}
     assert declared <= covered  # the table misses no route of the project
     got = {}
-    with TestClient(build_app(shop, replace(gateway_options(shop), anonymous_loopback=False))) as client:
+    with TestClient(gateway_of(shop, replace(options_of(shop), anonymous_loopback=False))) as client:
         for scope, key in keys.items():
             for route, (method, path, kwargs, _) in ROUTES.items():
                 got[(scope, route)] = client.request(method, path, headers={"x-api-key": key}, **kwargs).status_code
@@ -98,7 +98,7 @@ def routes(rt: Runtime) -> list[tuple[str, str, dict[str, Any], str]]:
 def test_no_key_wrong_key_and_revoked_key_get_401_everywhere(shop: Runtime) -> None:
     record, key = create_key(shop.state_dir, "to-revoke", ["*"])
     before = sum(p.end_offset for p in shop.bus.describe("page_views").partitions)
-    app = build_app(shop, replace(gateway_options(shop), anonymous_loopback=False))
+    app = gateway_of(shop, replace(options_of(shop), anonymous_loopback=False))
     app.keyring.reload_every = 0.0
     with TestClient(app) as client:
         assert client.get("/v1/views/trending/k1", headers={"x-api-key": key}).status_code == 404  # served

@@ -13,7 +13,7 @@ from starlette.testclient import TestClient
 
 from keel.project.loading import copy_example
 from keel.run.runtime import Runtime
-from keel.serve.app import build_app
+from tests.harness.gateway import gateway_of
 from keel.serve.keys import create_key
 
 NOW = datetime(2030, 6, 1, 12, 0, tzinfo=UTC)  # the gateway's clock in these tests
@@ -33,7 +33,7 @@ def shop(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Runtime]:
 @pytest.fixture(scope="module")
 def client(shop: Runtime) -> Iterator[TestClient]:
     _, key = create_key(shop.state_dir, "bounds", ["*"])
-    with TestClient(build_app(shop, clock=NOW.timestamp), headers={"x-api-key": key}) as c:
+    with TestClient(gateway_of(shop, clock=NOW.timestamp), headers={"x-api-key": key}) as c:
         yield c
 
 

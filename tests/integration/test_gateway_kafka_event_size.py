@@ -13,7 +13,7 @@ from starlette.testclient import TestClient
 from keel.project.declare import DEFAULT_MAX_EVENT_BYTES
 from keel.project.loading import copy_example
 from keel.run.runtime import Runtime
-from keel.serve.app import build_app
+from tests.harness.gateway import gateway_of
 from keel.serve.keys import create_key
 from tests.harness.kafka import KafkaBroker
 
@@ -40,7 +40,7 @@ def test_an_event_at_the_size_limit_is_acknowledged_by_kafka_and_a_bigger_one_re
     at_limit = {"user_id": key, "item_id": "x" * (DEFAULT_MAX_EVENT_BYTES - envelope - len(key))}
     over = {"user_id": key, "item_id": "x" * (DEFAULT_MAX_EVENT_BYTES - envelope - len(key) + 1)}
     _, api_key = create_key(rt.state_dir, "size", ["*"])
-    with TestClient(build_app(rt), headers={"x-api-key": api_key}) as client:
+    with TestClient(gateway_of(rt), headers={"x-api-key": api_key}) as client:
         r = client.post("/v1/streams/page_views/events", json=at_limit)
         assert r.status_code == 202, r.text[:500]
         r = client.post("/v1/streams/page_views/events", json=over)

@@ -15,7 +15,7 @@ from keel.bus import dlq_name
 from keel.project.declare import DEFAULT_MAX_EVENT_BYTES
 from keel.project.loading import copy_example
 from keel.run.runtime import Runtime
-from keel.serve.app import build_app
+from tests.harness.gateway import gateway_of
 from keel.serve.keys import create_key
 from keel.streaming.runner import Runner
 
@@ -39,7 +39,7 @@ def test_events_at_the_gateways_bounds_pass_every_processor_of_their_stream(shop
               {"user_id": "u3", "item_id": big},
               {"user_id": "u4", "item_id": "i4"}]
     _, key = create_key(shop.state_dir, "edges", ["*"])
-    with TestClient(build_app(shop), headers={"x-api-key": key}) as client:
+    with TestClient(gateway_of(shop), headers={"x-api-key": key}) as client:
         r = client.post("/v1/streams/page_views/events", json=events)
     assert r.status_code == 202, r.text
     ids = set(r.json()["event_ids"])

@@ -19,8 +19,9 @@ def main() -> None:
     rt = Runtime.open(root)
     rt.ensure()
     rt.views.put("trending", [("_top", {"items": [{"item_id": "a"}, {"item_id": "b"}]})])
-    options = replace(gateway_options(rt), max_inflight_bytes=budget, max_queue_seconds=queue)
-    config = uvicorn.Config(build_app(rt, options), host="127.0.0.1", port=port, http=StampedHttp,
+    options = replace(gateway_options(rt.config.serve, rt.config.production), max_inflight_bytes=budget,
+                      max_queue_seconds=queue)
+    config = uvicorn.Config(build_app(rt.catalog, rt.engines, rt.config.kv, options), host="127.0.0.1", port=port, http=StampedHttp,
                             log_level="warning", access_log=False, lifespan="off")
     server = uvicorn.Server(config)
     print("ready", flush=True)

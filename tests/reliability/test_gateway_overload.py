@@ -23,7 +23,7 @@ import uvicorn
 from keel.run.host import free_port
 from keel.project.loading import copy_example
 from keel.run.runtime import Runtime
-from keel.serve.app import build_app, gateway_options
+from tests.harness.gateway import gateway_of, options_of
 
 pytestmark = pytest.mark.slow
 LIMIT = 8  # requests in flight
@@ -93,10 +93,10 @@ def test_overload_is_shed_and_accepted_requests_stay_bounded(tmp_path: Path) -> 
     slow = SlowKV(rt.kv)
     rt.__dict__["kv"] = slow
     rt.__dict__.pop("views", None)
-    options = replace(gateway_options(rt), max_concurrency=LIMIT, workers=LIMIT, request_timeout=REQUEST_TIMEOUT,
+    options = replace(options_of(rt), max_concurrency=LIMIT, workers=LIMIT, request_timeout=REQUEST_TIMEOUT,
                       endpoint_timeout=1.0)
     port = free_port()
-    app = build_app(rt, options)
+    app = gateway_of(rt, options)
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port,
                                            log_level="warning", lifespan="on"))
     thread = threading.Thread(target=server.run, daemon=True)

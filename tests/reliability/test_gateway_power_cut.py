@@ -25,7 +25,7 @@ from keel.schemes import file_path
 from keel.run.host import free_port
 from keel.project.loading import copy_example
 from keel.run.runtime import Runtime
-from keel.serve.app import build_app
+from tests.harness.gateway import gateway_of
 from keel.serve.protocol import StampedHttp
 from tests.reliability.test_bus_crash import PowerCut, read_everything, reboot
 
@@ -57,7 +57,7 @@ def test_every_event_answered_202_survives_a_power_cut(tmp_path: Path, monkeypat
     rt.ensure()
     bus_root = file_path(rt.config.bus)
     port = free_port()
-    server = uvicorn.Server(uvicorn.Config(build_app(rt), host="127.0.0.1", port=port, http=StampedHttp,
+    server = uvicorn.Server(uvicorn.Config(gateway_of(rt), host="127.0.0.1", port=port, http=StampedHttp,
                                            log_level="warning", lifespan="off"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()

@@ -19,7 +19,7 @@ import uvicorn
 from keel.run.host import free_port
 from keel.project.loading import copy_example
 from keel.run.runtime import Runtime
-from keel.serve.app import build_app, gateway_options
+from tests.harness.gateway import gateway_of, options_of
 from keel.serve.resilience import BackendPolicy
 
 pytestmark = [pytest.mark.slow, pytest.mark.redis]
@@ -45,9 +45,9 @@ def gateway(tmp_path: Path, redis_url: str) -> Iterator[tuple[str, Runtime, Any]
     rt = Runtime.open(root, kv=redis_url)
     rt.ensure()
     seed(rt)
-    options = replace(gateway_options(rt), request_timeout=REQUEST_TIMEOUT, endpoint_timeout=0.5,
+    options = replace(options_of(rt), request_timeout=REQUEST_TIMEOUT, endpoint_timeout=0.5,
                       kv=BackendPolicy(timeout=0.3, failures=5, open_for=0.5, max_open_for=2.0))
-    app = build_app(rt, options)
+    app = gateway_of(rt, options)
     port = free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on"))
     thread = threading.Thread(target=server.run, daemon=True)

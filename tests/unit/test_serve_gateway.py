@@ -21,7 +21,8 @@ from keel.experiments.assign import assign_one
 from keel.run.host import free_port
 from keel.project.loading import copy_example
 from keel.run.runtime import Runtime
-from keel.serve.app import build_app, gateway_options
+from keel.serve.app import gateway_options
+from tests.harness.gateway import gateway_of, options_of
 from keel.serve.protocol import ARRIVED, StampedHttp
 from keel.serve.keys import create_key
 
@@ -94,7 +95,7 @@ def bus_records(rt: Runtime, stream: str) -> int:
 
 def test_routes_keep_their_behaviour(rt: Runtime) -> None:
     async def go() -> None:
-        async with client(build_app(rt)) as c:
+        async with client(gateway_of(rt)) as c:
             assert (await c.get("/v1/views/trending/_top")).json()["items"][0] == {"item_id": "a"}
             assert (await c.get("/v1/views/trending/nobody")).status_code == 404
             assert (await c.get("/v1/views/nope/x")).status_code == 404
@@ -114,15 +115,15 @@ def test_routes_keep_their_behaviour(rt: Runtime) -> None:
 
 def test_keyless_requests_only_from_loopback_outside_production(rt: Runtime) -> None:
     async def go() -> None:
-        async with client(build_app(rt), host="10.1.2.3") as c:
+        async with client(gateway_of(rt), host="10.1.2.3") as c:
             r = await c.get("/v1/views/trending/_top")
             assert r.status_code == 401 and r.headers["www-authenticate"].startswith("Bearer")
             assert (await c.get("/healthz")).status_code == 200  # public
-        production = replace(gateway_options(rt), anonymous_loopback=False)
-        async with client(build_app(rt, production)) as c:
+        production = replace(options_of(rt), anonymous_loopback=False)
+        async with client(gateway_of(rt, production)) as c:
             assert (await c.get("/v1/views/trending/_top")).status_code == 401
             assert (await c.post("/v1/streams/page_views/events", json=[GOOD])).status_code == 401
-        async with client(build_app(rt), host="::1") as c:
+        async with client(gateway_of(rt), host="::1") as c:
             assert (await c.get("/v1/views/trending/_top")).status_code == 200
 
     run(go())
@@ -134,7 +135,7 @@ def test_scopes_decide_and_a_bad_key_is_401_even_on_loopback(rt: Runtime) -> Non
     _, admin = create_key(rt.state_dir, "ops", ["admin"])
 
     async def go() -> None:
-        async with client(build_app(rt)) as c:
+        async with client(gateway_of(rt)) as c:
             h = {"authorization": f"Bearer {reader}"}
             assert (await c.get("/v1/views/trending/_top", headers=h)).status_code == 200
             assert (await c.get("/v1/views/recent_items/u1", headers=h)).status_code == 403
@@ -153,7 +154,7 @@ def test_rate_limit_per_key_answers_429_with_retry_after(rt: Runtime) -> None:
     clock = Clock()  # time stands still unless the test moves it
 
     async def go() -> list[int]:
-        async with client(build_app(rt, replace(gateway_options(rt), clock=clock))) as c:
+        async with client(gateway_of(rt, replace(options_of(rt), clock=clock))) as c:
             codes = [(await c.get("/v1/views/trending/_top", headers={"x-api-key": slow})).status_code
                      for _ in range(4)]
             r = await c.get("/v1/views/trending/_top", headers={"x-api-key": slow})
@@ -168,7 +169,7 @@ def test_rate_limit_per_key_answers_429_with_retry_after(rt: Runtime) -> None:
 
 
 def test_body_limit_413_writes_nothing(rt: Runtime) -> None:
-    options = replace(gateway_options(rt), max_body_bytes=200)
+    options = replace(options_of(rt), max_body_bytes=200)
     body = b"[" + b",".join([b'{"user_id":"u","item_id":"i"}'] * 20) + b"]"
 
     async def chunks() -> AsyncIterator[bytes]:
@@ -176,7 +177,7 @@ def test_body_limit_413_writes_nothing(rt: Runtime) -> None:
             yield body[i:i + 64]
 
     async def go() -> None:
-        async with client(build_app(rt, options)) as c:
+        async with client(gateway_of(rt, options)) as c:
             assert (await c.post("/v1/streams/page_views/events", content=body)).status_code == 413
             r = await c.post("/v1/streams/page_views/events", content=chunks())  # chunked: no Content-Length
             assert r.status_code == 413
@@ -198,7 +199,7 @@ def test_fallback_answers_when_the_personal_views_fail(rt: Runtime) -> None:
     user = personal_user()
 
     async def go() -> None:
-        async with client(build_app(rt)) as c:
+        async with client(gateway_of(rt)) as c:
             r = await c.get(f"/recommend/{user}")
             assert r.status_code == 200 and r.headers["x-keel-fallback"] == "1"
             assert r.json() == {"items": ["a", "b"], "source": "trending"}
@@ -216,7 +217,7 @@ def test_breaker_opens_fails_fast_and_readyz_says_so(rt: Runtime) -> None:
     clock = Clock()
 
     async def go() -> None:
-        app = build_app(rt)
+        app = gateway_of(rt)
         app.services.kv.breaker.clock = clock
         async with client(app) as c:
             codes = [(await c.get("/v1/views/trending/_top")) for _ in range(20)]
@@ -242,10 +243,10 @@ def test_time_limit_answers_504(rt: Runtime) -> None:
     kv.gate = threading.Event()  # the kv answers only when the test lets it
     rt.__dict__["kv"] = kv
     rt.__dict__.pop("views", None)
-    options = replace(gateway_options(rt), endpoint_timeout=0.1, request_timeout=0.3)
+    options = replace(options_of(rt), endpoint_timeout=0.1, request_timeout=0.3)
 
     async def go() -> None:
-        async with client(build_app(rt, options)) as c:
+        async with client(gateway_of(rt, options)) as c:
             r = await c.get("/recommend/u1")
             assert r.status_code == 504  # the server was the slow one: not 408
             assert kv.blocked >= 1  # answered at the limit, while the kv call is still hanging
@@ -260,10 +261,10 @@ def test_time_limit_answers_504(rt: Runtime) -> None:
 def test_over_capacity_requests_are_shed_with_503(rt: Runtime) -> None:
     rt.__dict__["kv"] = WrappedKV(rt.kv, delay=0.3)
     rt.__dict__.pop("views", None)
-    options = replace(gateway_options(rt), max_concurrency=2, endpoint_timeout=2, request_timeout=3)
+    options = replace(options_of(rt), max_concurrency=2, endpoint_timeout=2, request_timeout=3)
 
     async def go() -> list[httpx.Response]:
-        async with client(build_app(rt, options)) as c:
+        async with client(gateway_of(rt, options)) as c:
             return list(await asyncio.gather(*(c.get("/recommend/u1") for _ in range(8))))
 
     responses = run(go())
@@ -276,8 +277,8 @@ def test_no_keyless_access_in_a_production_profile(rt: Runtime) -> None:
     class Prod:
         config = replace(rt.config, production=True)
 
-    assert gateway_options(rt).anonymous_loopback is True
-    assert gateway_options(Prod()).anonymous_loopback is False
+    assert options_of(rt).anonymous_loopback is True
+    assert gateway_options(Prod.config.serve, Prod.config.production).anonymous_loopback is False
 
 
 # -- overload: queue time and the byte budget (the front door's own clock and counters) --------------
@@ -324,7 +325,7 @@ class Exchange:
 
 def test_a_request_that_waited_past_the_queue_bound_is_shed_with_503(rt: Runtime) -> None:
     clock = Clock()
-    app = build_app(rt, replace(gateway_options(rt), max_queue_seconds=0.5, clock=clock))
+    app = gateway_of(rt, replace(options_of(rt), max_queue_seconds=0.5, clock=clock))
 
     async def go() -> None:
         late = Exchange()
@@ -345,7 +346,7 @@ def test_a_request_that_waited_past_the_queue_bound_is_shed_with_503(rt: Runtime
 
 
 def test_a_body_past_the_byte_budget_is_shed_before_it_is_read(rt: Runtime) -> None:
-    app = build_app(rt, replace(gateway_options(rt), max_body_bytes=1000, max_inflight_bytes=1500,
+    app = gateway_of(rt, replace(options_of(rt), max_body_bytes=1000, max_inflight_bytes=1500,
                                 request_timeout=30))
     event = b'{"user_id":"u","item_id":"i"}'
 
@@ -381,9 +382,9 @@ def test_a_body_past_the_byte_budget_is_shed_before_it_is_read(rt: Runtime) -> N
 
 
 def test_a_client_that_stalls_its_body_gets_408_and_the_server_stays_up(rt: Runtime) -> None:
-    options = replace(gateway_options(rt), request_timeout=0.3)
+    options = replace(options_of(rt), request_timeout=0.3)
     port = free_port()
-    server = uvicorn.Server(uvicorn.Config(build_app(rt, options), host="127.0.0.1", port=port, http=StampedHttp,
+    server = uvicorn.Server(uvicorn.Config(gateway_of(rt, options), host="127.0.0.1", port=port, http=StampedHttp,
                                            log_level="warning", lifespan="off"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
@@ -426,12 +427,7 @@ def test_the_overload_limits_come_from_the_profile_or_the_environment(tmp_path: 
     config = load_config(tmp_path, env={"KEEL_MAX_QUEUE_SECONDS": "0.05", "KEEL_MAX_INFLIGHT_BYTES": "2000"})
     assert (config.serve.max_inflight_bytes, config.serve.max_queue_seconds) == (2000, 0.05)
 
-    class Project:
-        pass
-
-    runtime = Project()
-    runtime.config = config  # type: ignore[attr-defined]
-    options = gateway_options(runtime)
+    options = gateway_options(config.serve, config.production)
     assert (options.max_inflight_bytes, options.max_queue_seconds) == (2000, 0.05)
     for bad in ("lots", "0"):
         with pytest.raises(ConfigError, match="max_inflight_bytes"):
@@ -439,7 +435,7 @@ def test_the_overload_limits_come_from_the_profile_or_the_environment(tmp_path: 
 
 
 def test_a_client_that_goes_away_mid_body_is_not_an_error(rt: Runtime, caplog: pytest.LogCaptureFixture) -> None:
-    app = build_app(rt)
+    app = gateway_of(rt)
 
     class Gone(Exchange):
         async def receive(self) -> MutableMapping[str, Any]:
@@ -469,7 +465,7 @@ class QuickHeaders(StampedHttp):
 
 def test_a_client_that_stalls_its_headers_gets_408_and_the_connection_is_freed(rt: Runtime) -> None:
     port = free_port()
-    server = uvicorn.Server(uvicorn.Config(build_app(rt), host="127.0.0.1", port=port, http=QuickHeaders,
+    server = uvicorn.Server(uvicorn.Config(gateway_of(rt), host="127.0.0.1", port=port, http=QuickHeaders,
                                            log_level="warning", lifespan="off"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
@@ -501,7 +497,7 @@ def test_a_client_that_stalls_its_headers_gets_408_and_the_connection_is_freed(r
 
 @pytest.mark.parametrize("length", [b"-5", b"lots"])
 def test_a_malformed_content_length_is_400_and_holds_no_budget(rt: Runtime, length: bytes) -> None:
-    app = build_app(rt)
+    app = gateway_of(rt)
 
     async def go() -> None:
         bad = Exchange([b"[]"])

@@ -27,7 +27,7 @@ from keel.errors import BackendError, ConfigError
 from keel.jobs.embedded import EmbeddedScheduler
 from keel.jobs.run import scheduler_tasks
 from keel.run.runtime import Runtime
-from keel.serve.app import build_app
+from keel.serve.app import build_app, gateway_options
 from keel.serve.protocol import StampedHttp
 from keel.streaming.runner import Runner
 from keel.run.supervisor import Backoff, Supervisor
@@ -86,7 +86,8 @@ class Platform:
         if self.with_scheduler:
             self._add("scheduler", "scheduler", self._schedule)
         if gateway:
-            self._app = build_app(self.rt)
+            self._app = build_app(self.rt.catalog, self.rt.engines, self.rt.config.kv,
+                                  gateway_options(self.rt.config.serve, self.rt.config.production))
             self._add("gateway", "gateway", self._serve)
         for c in self.components:
             c.supervisor.start()

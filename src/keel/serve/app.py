@@ -1,13 +1,13 @@
-"""The HTTP gateway: an ASGI app built from a project's declarations.
+"""The HTTP gateway: an ASGI app built from a project's declarations and its engines.
 
-Routes:
+Its route table (`routes`, one entry per route, read by dispatch and by the OpenAPI document):
   POST /v1/streams/{stream}/events   ingest (object, array or NDJSON); 202 once durable on the bus
   GET  /v1/views/{view}/{key}        one view value;  POST /v1/views/{view} {"keys": [...]} many
-  <declared endpoints>               with experiment assignment, exposure logging and fallbacks
   GET  /healthz /readyz /openapi.json (public)   GET /metrics (scope admin)
+  <declared endpoints>               with experiment assignment, exposure logging and fallbacks
 
-`keel.serve.front.Gateway` is the front door (keys, scopes, rate, shedding, body and time limits,
-and the hot view route in raw ASGI); the Starlette router below serves the rest.
+`keel.serve.front.Gateway` is the front door (keys, scopes, rate, shedding, body and time limits)
+in front of the table; the view lookups take the fast raw-ASGI path, the rest a Starlette Request.
 """
 
 from __future__ import annotations
@@ -16,14 +16,15 @@ import asyncio
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Route, Router, compile_path
 
+from keel.engines import Engines
 from keel.errors import BackendError, ValidationError
+from keel.project.catalog import Catalog
+from keel.project.config import ServeConfig
 from keel.serve.endpoints import EndpointRequest, endpoint_handler
 from keel.serve.front import Gateway, Services
 from keel.serve.ingest import accepted_body, check_bounds, parse_events, to_batch
@@ -34,27 +35,29 @@ from keel.serve.openapi import openapi_document
 from keel.serve.produce import GroupProducer
 from keel.serve.resilience import Backend
 from keel.serve.responses import json_response, unavailable
+from keel.serve.routes import PUBLIC, Route, RouteTable
+from keel.serve.views import ViewRoutes
 
 
-def gateway_options(runtime: Any) -> GatewayOptions:
-    """The options a runtime's config implies: its body and overload limits; keyless loopback only outside
+def gateway_options(serve: ServeConfig, production: bool) -> GatewayOptions:
+    """The options a profile implies: its body and overload limits; keyless loopback only outside
     production."""
-    config = runtime.config
-    serve = config.serve
-    return GatewayOptions(max_body_bytes=serve.max_body_bytes, anonymous_loopback=not config.production,
+    return GatewayOptions(max_body_bytes=serve.max_body_bytes, anonymous_loopback=not production,
                           max_inflight_bytes=serve.max_inflight_bytes, max_queue_seconds=serve.max_queue_seconds)
 
 
-def build_app(runtime: Any, options: GatewayOptions | None = None,
+def build_app(catalog: Catalog, engines: Engines, kv_url: str, options: GatewayOptions,
               clock: Callable[[], float] = time.time) -> Gateway:
-    """The gateway of `runtime`'s project; `clock` (epoch seconds) is the ack time events are bounded by."""
-    options = options or gateway_options(runtime)
-    catalog = runtime.catalog
-    services = Services(kv_url=runtime.config.kv, sync_kv=lambda: runtime.kv, kv=Backend("kv", options.kv),
+    """The gateway of a project: its declarations (`catalog`), the bus and views it serves from
+    (`engines`; `kv_url` picks the views' async reader), its keys under ``engines.state_dir``;
+    `clock` (epoch seconds) is the ack time events are bounded by."""
+    bus, views = engines.bus, engines.views
+    services = Services(kv_url=kv_url, sync_kv=lambda: views.kv, kv=Backend("kv", options.kv),
                         bus=Backend("bus", options.bus),
                         executor=ThreadPoolExecutor(options.workers, thread_name_prefix="keel-gateway"))
     metrics = Metrics(services.breakers)
-    producer = GroupProducer(lambda stream, table: runtime.bus.produce(stream, table), services.bus, services.executor)
+    producer = GroupProducer(bus.produce, services.bus, services.executor)
+    lookups = ViewRoutes(services.read, set(catalog.views), options.max_body_bytes)
 
     async def ingest(request: Request) -> Response:
         name = request.path_params["stream"]
@@ -93,7 +96,7 @@ def build_app(runtime: Any, options: GatewayOptions | None = None,
         loop = asyncio.get_running_loop()
         try:
             await services.read(["__ready__"])
-            await services.bus.call(lambda: loop.run_in_executor(services.executor, runtime.bus.list_streams))
+            await services.bus.call(lambda: loop.run_in_executor(services.executor, bus.list_streams))
         except BackendError as exc:
             return json_response({"status": "not ready", "error": str(exc), "breakers": services.breakers()}, 503,
                                  {"retry-after": "1"})
@@ -102,26 +105,27 @@ def build_app(runtime: Any, options: GatewayOptions | None = None,
     async def metrics_route(request: Request) -> Response:
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
-    document = openapi_document(catalog)
-
     async def openapi(request: Request) -> Response:
         return json_response(document)
 
+    # tried in this order; the view lookups first: they are the hot path
     routes = [
-        Route("/v1/streams/{stream}/events", ingest, methods=["POST"]),
-        Route("/healthz", healthz, methods=["GET"]),
-        Route("/readyz", readyz, methods=["GET"]),
-        Route("/metrics", metrics_route, methods=["GET"]),
-        Route("/openapi.json", openapi, methods=["GET"]),
+        Route("view", "GET", "/v1/views/{view}/{key}", "read:{view}", raw=lookups.one, timed=False),
+        Route("views", "POST", "/v1/views/{view}", "read:{view}", raw=lookups.many),
+        Route("ingest", "POST", "/v1/streams/{stream}/events", "ingest:{stream}", handler=ingest),
+        Route("healthz", "GET", "/healthz", PUBLIC, handler=healthz),
+        Route("readyz", "GET", "/readyz", PUBLIC, handler=readyz),
+        Route("metrics", "GET", "/metrics", "admin", handler=metrics_route),
+        Route("openapi.json", "GET", "/openapi.json", PUBLIC, handler=openapi),
     ]
-    endpoints = []
     for ep in catalog.endpoints.values():
-        handler = endpoint_handler(runtime, ep, services.kv, services.bus, services.executor,
+        handler = endpoint_handler(ep, views, bus.produce, services.kv, services.bus, services.executor,
                                    options.endpoint_timeout, metrics.fallbacks.labels(ep.name).inc)
-        routes.append(Route(ep.path, handler, methods=[ep.method]))
-        endpoints.append((ep.name, compile_path(ep.path)[0], f"call:{ep.name}"))
-    keyring = KeyRing(keys_path(runtime.state_dir))
-    return Gateway(Router(routes=routes), services, options, keyring, metrics, set(catalog.views), endpoints)
+        routes.append(Route(ep.name, ep.method, ep.path, f"call:{ep.name}", handler=handler))
+    table = RouteTable(routes)
+    document = openapi_document(catalog, table)  # made once; the openapi route answers it
+    keyring = KeyRing(keys_path(engines.state_dir))
+    return Gateway(table, services, options, keyring, metrics)
 
 
 __all__ = ["EndpointRequest", "Gateway", "GatewayOptions", "build_app", "gateway_options"]

@@ -18,6 +18,7 @@ from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from typing import Any
 
+import pyarrow as pa
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -25,9 +26,12 @@ from keel.project.declare import Endpoint
 from keel.errors import BackendError, ValidationError
 from keel.experiments.assign import assign_one
 from keel.experiments.exposures import EXPOSURES, Exposure
+from keel.kv.views import Views
 from keel.serve.ingest import to_batch
 from keel.serve.resilience import Backend, CircuitOpenError
 from keel.serve.responses import json_response, unavailable
+
+Produce = Callable[[str, pa.RecordBatch], object]  # `keel.bus.Bus.produce`
 
 
 @dataclass
@@ -36,17 +40,17 @@ class EndpointRequest:
 
     params: dict[str, str]
     query: dict[str, str]
-    runtime: Any
+    views: Views
     kv: Backend | None = None
     cache: dict[str, Any] = field(default_factory=dict)
 
     def view(self, name: str) -> ViewReader:
-        return ViewReader(self.runtime.views, name, self.kv)
+        return ViewReader(self.views, name, self.kv)
 
 
 @dataclass(frozen=True)
 class ViewReader:
-    views: Any
+    views: Views
     name: str
     kv: Backend | None = None
 
@@ -56,24 +60,26 @@ class ViewReader:
         return self.kv.call_sync(lambda: self.views.get(self.name, key), retry=True)
 
 
-def endpoint_handler(runtime: Any, ep: Endpoint, kv: Backend, bus: Backend, executor: Executor,
+def endpoint_handler(ep: Endpoint, views: Views, produce: Produce, kv: Backend, bus: Backend, executor: Executor,
                      timeout: float, on_fallback: Callable[[], None]) -> Callable[[Request], Awaitable[Response]]:
+    """The Starlette handler of ``ep``: its handler reads ``views`` through ``kv``; its exposures are
+    written by ``produce`` (the bus's) through ``bus``."""
     exp = ep.experiment
     fallback = getattr(ep, "fallback", None)
 
-    def primary(params: dict[str, str], query: dict[str, str], variant: str | None) -> Any:
-        req = EndpointRequest(params, query, runtime, kv)
+    def primary(params: dict[str, str], query: dict[str, str], variant: str | None) -> object:
+        req = EndpointRequest(params, query, views, kv)
         return ep.handler(req) if variant is None else ep.handler(req, variant)
 
-    def secondary(params: dict[str, str], query: dict[str, str]) -> Any:
+    def secondary(params: dict[str, str], query: dict[str, str]) -> object:
         assert fallback is not None
-        return fallback(EndpointRequest(params, query, runtime, kv))
+        return fallback(EndpointRequest(params, query, views, kv))
 
     def expose(variant: str, unit: str) -> None:
         assert exp is not None
         exposure = Exposure(experiment=exp.name, variant=variant, unit=unit, endpoint=ep.name)
         batch, _ = to_batch([exposure], "unit", Exposure.schema_version)
-        bus.call_sync(lambda: runtime.bus.produce(EXPOSURES, batch))
+        bus.call_sync(lambda: produce(EXPOSURES, batch))
 
     async def handle(request: Request) -> Response:
         loop = asyncio.get_running_loop()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily
@@ -47,7 +46,7 @@ class Metrics:
                                  ["endpoint"], registry=self.registry)
         self.registry.register(_Breakers(breaker_states))
         self.registry.register(stream_collector())  # processors of this process (`keel up`) show here too
-        self._children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
+        self._children: dict[tuple[str, str, int], tuple[Counter, Histogram]] = {}
 
     def observe(self, route: str, method: str, status: int, seconds: float) -> None:
         """Count one request; the labelled children are cached (this runs on the hot path)."""

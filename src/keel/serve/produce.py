@@ -19,7 +19,6 @@ import asyncio
 from collections.abc import Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
-from typing import Any
 
 import pyarrow as pa
 
@@ -35,7 +34,7 @@ class _Queue:
 class GroupProducer:
     """Produces request batches to the bus, grouped per stream (see the module docstring)."""
 
-    def __init__(self, produce: Callable[[str, pa.Table], Any], backend: Backend, executor: Executor,
+    def __init__(self, produce: Callable[[str, pa.Table], object], backend: Backend, executor: Executor,
                  max_records: int = 100_000) -> None:
         self._produce = produce
         self.backend = backend

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import msgspec
 from starlette.responses import Response
 
@@ -12,7 +10,7 @@ from keel.serve.limits import retry_after
 _json = msgspec.json.Encoder()
 
 
-def json_response(obj: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+def json_response(obj: object, status: int = 200, headers: dict[str, str] | None = None) -> Response:
     return Response(_json.encode(obj), status_code=status, media_type="application/json", headers=headers)
 
 

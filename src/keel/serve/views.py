@@ -9,8 +9,7 @@ measured in benchmarks/RESULTS.md ("Serving"), these are what the throughput was
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, MutableMapping
-from typing import Any
+from collections.abc import Awaitable, Callable
 
 import msgspec
 
@@ -18,10 +17,8 @@ from keel.errors import BackendError
 from keel.serve.limits import retry_after
 from keel.serve.resilience import CircuitOpenError
 from keel.serve.responses import error_body
+from keel.serve.routes import Receive, Send
 
-Message = MutableMapping[str, Any]
-Send = Callable[[Message], Awaitable[None]]
-Receive = Callable[[], Awaitable[Message]]
 Read = Callable[[list[str]], Awaitable[list[bytes | None]]]
 
 MAX_KEYS = 1000  # keys per batch lookup
@@ -52,46 +49,57 @@ async def _unavailable(send: Send, exc: BackendError) -> int:
     return await error(send, 503, str(exc), ((b"retry-after", retry_after(after)),))
 
 
-async def view_one(read: Read, views: set[str], view: str, key: str, send: Send) -> int:
-    if view not in views:
-        return await error(send, 404, f"no view {view!r}; views: {sorted(views)}")
-    try:
-        (raw,) = await read([f"{view}/{key}"])  # keel.kv.views stores a view's values under "<view>/<key>"
-    except BackendError as exc:
-        return await _unavailable(send, exc)
-    if raw is None:
-        return await error(send, 404, f"no value for key {key!r} in view {view!r}")
-    return await answer(send, 200, raw)
+class ViewRoutes:
+    """The two view lookup routes, as raw handlers of the route table (`keel.serve.routes.RawHandler`):
+    ``one`` for ``GET /v1/views/{view}/{key}``, ``many`` for ``POST /v1/views/{view}``, reading
+    through ``read`` the views named in ``views``; ``limit`` bounds the batch form's body."""
+
+    __slots__ = ("limit", "read", "views")
+
+    def __init__(self, read: Read, views: set[str], limit: int) -> None:
+        self.read, self.views, self.limit = read, views, limit
+
+    async def one(self, params: dict[str, str], receive: Receive, send: Send) -> int:
+        view, key = params["view"], params["key"]
+        if view not in self.views:
+            return await error(send, 404, f"no view {view!r}; views: {sorted(self.views)}")
+        try:
+            (raw,) = await self.read([f"{view}/{key}"])  # keel.kv.views stores a view's values under "<view>/<key>"
+        except BackendError as exc:
+            return await _unavailable(send, exc)
+        if raw is None:
+            return await error(send, 404, f"no value for key {key!r} in view {view!r}")
+        return await answer(send, 200, raw)
+
+    async def many(self, params: dict[str, str], receive: Receive, send: Send) -> int:
+        view, limit = params["view"], self.limit
+        if view not in self.views:
+            return await error(send, 404, f"no view {view!r}; views: {sorted(self.views)}")
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":
+                return 499  # the client went away
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > limit:
+                return await error(send, 413, f"body exceeds the {limit}-byte limit")
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
+        try:
+            keys = _keys_body.decode(b"".join(chunks)).keys
+        except (msgspec.DecodeError, msgspec.ValidationError):
+            return await error(send, 400, 'send {"keys": ["k1", "k2", ...]}')
+        if len(keys) > MAX_KEYS:
+            return await error(send, 400, f"{len(keys)} keys in one lookup; at most {MAX_KEYS}")
+        try:
+            raws = await self.read([f"{view}/{k}" for k in keys]) if keys else []
+        except BackendError as exc:
+            return await _unavailable(send, exc)
+        values = {k: (None if r is None else msgspec.Raw(r)) for k, r in zip(keys, raws)}
+        return await answer(send, 200, _encode({"values": values}))
 
 
-async def view_many(read: Read, views: set[str], view: str, receive: Receive, send: Send, limit: int) -> int:
-    if view not in views:
-        return await error(send, 404, f"no view {view!r}; views: {sorted(views)}")
-    chunks: list[bytes] = []
-    size = 0
-    while True:
-        message = await receive()
-        if message["type"] != "http.request":
-            return 499  # the client went away
-        chunk = message.get("body", b"")
-        size += len(chunk)
-        if size > limit:
-            return await error(send, 413, f"body exceeds the {limit}-byte limit")
-        chunks.append(chunk)
-        if not message.get("more_body", False):
-            break
-    try:
-        keys = _keys_body.decode(b"".join(chunks)).keys
-    except (msgspec.DecodeError, msgspec.ValidationError):
-        return await error(send, 400, 'send {"keys": ["k1", "k2", ...]}')
-    if len(keys) > MAX_KEYS:
-        return await error(send, 400, f"{len(keys)} keys in one lookup; at most {MAX_KEYS}")
-    try:
-        raws = await read([f"{view}/{k}" for k in keys]) if keys else []
-    except BackendError as exc:
-        return await _unavailable(send, exc)
-    values = {k: (None if r is None else msgspec.Raw(r)) for k, r in zip(keys, raws)}
-    return await answer(send, 200, _encode({"values": values}))
-
-
-__all__ = ["MAX_KEYS", "answer", "error", "view_many", "view_one"]
+__all__ = ["MAX_KEYS", "ViewRoutes", "answer", "error"]
