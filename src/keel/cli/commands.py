@@ -391,7 +391,7 @@ def experiments_report(name: str, project: Path, profile: str | None) -> None:
     """Analyse experiment NAME from the lake.
 
     Lift, confidence interval, p-value and sample-ratio check."""
-    from keel.experiments.exposures import EXPOSURES
+    from keel.project.exposures import EXPOSURES
     from keel.experiments.report import experiment_report
     from keel.monitor.status import created
 

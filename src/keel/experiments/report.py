@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from keel.errors import NotFoundError
 from keel.experiments.analysis import ExperimentResult, analyze
-from keel.experiments.exposures import EXPOSURES
+from keel.project.exposures import EXPOSURES
 from keel.lake.sql import SqlSession
 from keel.project.catalog import Catalog
 from keel.project.declare import Experiment, Metric

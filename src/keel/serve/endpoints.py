@@ -25,7 +25,7 @@ from starlette.responses import Response
 from keel.project.declare import Endpoint
 from keel.errors import BackendError, ValidationError
 from keel.experiments.assign import assign_one
-from keel.experiments.exposures import EXPOSURES, Exposure
+from keel.project.exposures import EXPOSURES, Exposure
 from keel.kv.views import Views
 from keel.serve.ingest import to_batch
 from keel.serve.resilience import Backend, CircuitOpenError

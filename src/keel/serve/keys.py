@@ -41,7 +41,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from keel.errors import BackendError, ConfigError, NotFoundError
-from keel.experiments.exposures import EXPOSURES
+from keel.project.exposures import EXPOSURES
 
 KEYS_FILE = "keys.json"
 _SCOPE = re.compile(r"^(admin|\*|(ingest|read|call):[a-z0-9_*?.\-]+)$")
