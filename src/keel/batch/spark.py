@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import re
+import socket
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -66,11 +67,27 @@ def spark_session(url: str, *, jars: str | Path | Sequence[str | Path] | None = 
         settings |= {"spark.driver.host": "127.0.0.1", "spark.driver.bindAddress": "127.0.0.1",
                      "spark.pyspark.python": sys.executable, "spark.pyspark.driver.python": sys.executable,
                      "spark.executorEnv.PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
+    else:
+        _check_reachable(url, master)
     jar_files = _jar_files(jars)
     if jar_files:
         settings["spark.jars"] = ",".join(jar_files)
     settings |= dict(conf or {})
     return _start_session(url, master, settings)
+
+
+def _check_reachable(url: str, master: str) -> None:
+    """Fail fast, naming the URL, when no master listens: Spark itself retries for a minute, then logs."""
+    errors = []
+    for address in master[len("spark://"):].split(","):
+        host, _, port = address.rpartition(":")
+        try:
+            socket.create_connection((host, int(port)), timeout=5).close()
+            return
+        except OSError as exc:
+            errors.append(f"{address}: {exc.strerror or exc}")
+    raise BackendError(f"no Spark master answers at {url!r} ({'; '.join(errors)}): start the master, "
+                       "or fix the `batch` entry of the profile")
 
 
 def spark_master(url: str) -> str:
