@@ -5,6 +5,8 @@ grouped Python functions give the rows written out by hand, on both engines (ord
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
 from typing import Any
 
 import pyarrow as pa
@@ -47,6 +49,15 @@ def test_duckdb_and_spark_give_the_rows_written_out_by_hand(spark: SparkBatch, l
     on_spark = normalized(spark.query(sql))
     assert on_spark == expected(rows)
     assert on_spark == on_duckdb
+
+
+def test_result_columns_are_nullable_as_on_duckdb(spark: SparkBatch, lake: Lake) -> None:
+    sql = QUERIES["co_views"][0]
+    duck = open_batch("duckdb://", lake)
+    try:
+        assert spark.query(sql).schema == duck.query(sql).schema  # count(*) is int64 and nullable on both
+    finally:
+        duck.close()
 
 
 @pytest.mark.parametrize("fn,frames", [(per_user_arrow, "arrow"), (per_user_polars, "polars")])
@@ -95,3 +106,15 @@ def test_an_unreachable_master_is_a_backend_error_naming_the_url() -> None:
     url = f"spark://127.0.0.1:{free_port()}"  # nothing listens there
     with pytest.raises(BackendError, match=re.escape(f"no Spark master answers at {url!r}")):
         start_session(url)
+
+
+def test_a_session_without_the_delta_jars_names_the_install_script() -> None:
+    # In a process of its own: Spark keeps one session per process, and the module's has the jars.
+    code = ("from keel.batch.spark import spark_session\n"
+            "from keel.errors import ConfigError\n"
+            "try:\n"
+            "    spark_session('spark://local[1]', conf={'spark.driver.memory': '512m'})\n"
+            "except ConfigError as exc:\n"
+            "    print('ConfigError:', exc)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert "ConfigError:" in out.stdout and "scripts/install-spark.sh" in out.stdout, out.stderr[-2000:]

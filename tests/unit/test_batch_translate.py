@@ -57,3 +57,10 @@ def test_text_that_is_not_one_statement_is_a_query_error() -> None:
         check_translatable("select from where (")
     with pytest.raises(QueryError, match="one SQL statement"):
         to_spark("select 1; select 2")
+
+
+def test_the_shops_job_sql_translates() -> None:
+    from tests.unit.test_batch_duckdb import CO_VIEWS_SQL, SIMILAR_SQL
+
+    for sql in (CO_VIEWS_SQL, SIMILAR_SQL):
+        assert check_translatable(sql) == []

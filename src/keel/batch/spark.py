@@ -34,6 +34,7 @@ from keel.schemes import require
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _MISSING_TABLE = re.compile(r"The table or view `?([^`\s]+?)`? cannot be found", re.IGNORECASE)
 _MISSING_COLUMN = re.compile(r"with name `?([^`\s]+?)`? cannot be resolved", re.IGNORECASE)
+_DELTA_CLASS = "io.delta.sql.DeltaSparkSessionExtension"
 _LOCAL_MASTER = re.compile(r"local(\[(\d+|\*)(,\d+)?\])?")
 
 
@@ -55,7 +56,7 @@ def spark_session(url: str, *, jars: str | Path | Sequence[str | Path] | None = 
     require("pyspark", "Spark batch", "spark")
     master = spark_master(url)
     settings = {
-        "spark.sql.extensions": "io.delta.sql.DeltaSparkSessionExtension",
+        "spark.sql.extensions": _DELTA_CLASS,
         "spark.sql.catalog.spark_catalog": "org.apache.spark.sql.delta.catalog.DeltaCatalog",
         "spark.sql.session.timeZone": "UTC",
         "spark.ui.enabled": "false",
@@ -128,7 +129,19 @@ def _start_session(url: str, master: str, settings: Mapping[str, str]) -> Any:
         raise BackendError(f"could not start a Spark session at {url!r} (master {master}): "
                            f"{_first_line(exc)}; check that the master is up and reachable, "
                            "or fix the `batch` entry of the profile") from exc
+    _check_delta(session, url)
     return session
+
+
+def _check_delta(session: Any, url: str) -> None:
+    """ConfigError with the fix when Spark has no Delta classes: it only logs a missing extension."""
+    jvm = session._jvm
+    try:
+        jvm.java.lang.Class.forName(_DELTA_CLASS, False, jvm.org.apache.spark.util.Utils.getContextOrSparkClassLoader())
+    except Exception as exc:  # py4j's Py4JJavaError wrapping ClassNotFoundException
+        raise ConfigError(f"the Spark session at {url!r} has no Delta Lake jars ({_DELTA_CLASS} not found): run "
+                          "scripts/install-spark.sh and pass its .cache/spark/jars as `jars`, or put "
+                          "delta-spark on the cluster's class path") from exc
 
 
 class SparkBatch:
@@ -187,11 +200,14 @@ class SparkBatch:
         from pyspark.errors import PySparkException
 
         try:
-            return frame.toArrow()
+            result = frame.toArrow()
         except PySparkException as exc:
             raise self._translate_error(exc, sql) from exc
         except Exception as exc:  # py4j: the JVM or the cluster went away
             raise BackendError(f"Spark failed running the query: {_first_line(exc)}") from exc
+        # Spark marks columns it proves non-null (counts, row_number); DuckDB's are all nullable, and a
+        # lake table created from a result must not refuse the nulls a later run brings.
+        return result.cast(pa.schema([f.with_nullable(True) for f in result.schema], metadata=result.schema.metadata))
 
     def _bind(self, sql: str) -> None:
         """Register every lake table `sql` names as a temporary view of its latest Delta version."""
