@@ -29,7 +29,7 @@ from keel.batch.base import FrameKind, GroupFunction, conform_result, group_keys
 from keel.batch.translate import to_spark
 from keel.errors import BackendError, ConfigError, NotFoundError, QueryError
 from keel.lake.base import Lake
-from keel.schemes import require
+from keel.schemes import file_path, require
 
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _MISSING_TABLE = re.compile(r"The table or view `?([^`\s]+?)`? cannot be found", re.IGNORECASE)
@@ -39,8 +39,8 @@ _LOCAL_MASTER = re.compile(r"local(\[(\d+|\*)(,\d+)?\])?")
 
 
 @runtime_checkable
-class _HasDeltaTables(Protocol):
-    def delta_table(self, name: str) -> Any: ...
+class _HasUrl(Protocol):
+    url: str
 
 
 def open_spark_batch(url: str, *, lake: Lake, jars: str | Path | Sequence[str | Path] | None = None,
@@ -216,13 +216,11 @@ class SparkBatch:
             self.session.read.format("delta").load(self._path(name)).createOrReplaceTempView(name)
 
     def _path(self, name: str) -> str:
-        if not isinstance(self.lake, _HasDeltaTables):
-            raise ConfigError("the Spark batch engine reads Delta lakes; this lake has no Delta tables")
-        uri: str = self.lake.delta_table(name).table_uri
-        if "://" in uri and not uri.startswith("file://"):
-            raise ConfigError(f"the Spark batch engine reads lakes on local disk for now, not {uri!r}: "
-                              "use batch = \"duckdb://\" for this lake")
-        return uri
+        url = self.lake.url if isinstance(self.lake, _HasUrl) else ""
+        if not url.startswith("file://"):
+            raise ConfigError(f"the Spark batch engine reads lakes on local disk (file://) for now, not "
+                              f"{url or type(self.lake).__name__!r}: use batch = \"duckdb://\" for this lake")
+        return str(file_path(url) / name)  # the Delta lake keeps table `name` in the folder `name` of its root
 
     def _translate_error(self, exc: Exception, sql: str) -> Exception:
         text = str(exc)
