@@ -24,6 +24,7 @@ engines: setup
 	PYTHON="$(BIN)/python" bash scripts/install-redis.sh
 	PYTHON="$(BIN)/python" bash scripts/install-kafka.sh
 	PYTHON="$(BIN)/python" bash scripts/install-s3.sh
+	PYTHON="$(BIN)/python" bash scripts/install-spark.sh
 
 test: engines
 	$(BIN)/python -m pytest -p no:cacheprovider tests

@@ -95,3 +95,15 @@ class CorruptDataError(BackendError):
 
 class ConflictError(BackendError):
     """Another writer holds what this one needs (a lock, a commit race that cannot be retried)."""
+
+
+class UntranslatableError(QueryError):
+    """A query uses a construct the batch engine's translation cannot carry over; ``constructs`` names each."""
+
+    def __init__(self, constructs: list[str]) -> None:
+        self.constructs = constructs
+        super().__init__(
+            "this query cannot run on Spark: " + "; ".join(constructs)
+            + ". Rewrite it with constructs both DuckDB and Spark SQL have, or run the job on DuckDB "
+            "(batch = \"duckdb://\")"
+        )

@@ -12,7 +12,10 @@ from keel.errors import ConfigError, MissingExtraError, UnknownSchemeError
 
 
 def scheme_of(url: str) -> str:
-    return urlsplit(url).scheme
+    try:
+        return urlsplit(url).scheme
+    except ValueError:  # a bracketed address that is no IPv6 one, like Spark's spark://local[2]
+        return url.partition("://")[0] if "://" in url else ""
 
 
 def file_path(url: str) -> Path:
