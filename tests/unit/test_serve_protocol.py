@@ -8,11 +8,15 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import uvicorn
 
+from keel.errors import ConfigError
+from keel.project.config import load_config
 from keel.run.host import free_port
+from keel.serve.app import gateway_options
 from keel.serve.protocol import Admission, StampedHttp
 from keel.serve.routes import Receive, Scope, Send
 
@@ -128,3 +132,14 @@ def test_a_refused_request_that_asked_to_close_is_answered_then_closed(
         for sock in held:
             sock.close()
     assert app.entered == LIMIT and shed == [1]
+
+
+def test_the_concurrency_limit_comes_from_the_profile_or_the_environment(tmp_path: Path) -> None:
+    (tmp_path / "keel.toml").write_text('[project]\nmodule = "m"\n[profiles.local]\nmax_concurrency = 40\n')
+    assert load_config(tmp_path, env={}).serve.max_concurrency == 40
+    config = load_config(tmp_path, env={"KEEL_MAX_CONCURRENCY": "24"})
+    assert config.serve.max_concurrency == 24
+    assert gateway_options(config.serve, config.production).max_concurrency == 24
+    for bad in ("lots", "0"):
+        with pytest.raises(ConfigError, match="max_concurrency"):
+            load_config(tmp_path, env={"KEEL_MAX_CONCURRENCY": bad})
