@@ -29,6 +29,7 @@ class HeldApp:
     def __init__(self) -> None:
         self.entered = self.active = self.peak = 0
         self.release = threading.Event()
+        self.server: uvicorn.Server | None = None  # the server running it (its tasks are what is admitted)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -72,8 +73,8 @@ def served() -> Iterator[tuple[HeldApp, int, list[int]]]:
 
     http = StampedHttp.admitting(Admission(LIMIT, frozenset({"/healthz"}), count))
     port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, http=http, log_level="warning",
-                                           lifespan="off"))
+    server = app.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, http=http,
+                                                        log_level="warning", lifespan="off"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     while not server.started and thread.is_alive():
@@ -103,7 +104,8 @@ def test_past_the_limit_the_protocol_answers_503_with_retry_after_and_keeps_the_
         assert app.entered == LIMIT and shed == [1]  # the refused one never reached the app
         app.release.set()
         assert [answer(sock)[0] for sock in held] == [200] * LIMIT
-        while app.active:
+        assert app.server is not None
+        while app.server.server_state.tasks:  # the answers are out; wait for their tasks to end too
             time.sleep(0.005)
         get(extra, "/v1/views/v/again")  # room again: the same connection is served
         assert answer(extra)[0] == 200
