@@ -232,6 +232,12 @@ def test_ingest_overload_keeps_memory_under_the_budget_and_gives_it_back(
     assert httpx.get(f"{url}/v1/views/trending/_top", timeout=30).status_code == 200
 
 
+OPEN_LOOP = """
+math.randomseed(7)
+delay = function() return -math.log(1 - math.random()) * 20 end  -- each connection: a request every ~20 ms
+"""  # the offered rate is connections / 20 ms, whatever the server does (open loop, nearly)
+
+
 @pytest.mark.skipif(shutil.which("wrk") is None, reason="needs wrk (scripts/install-redis.sh installs it)")
 def test_view_overload_sheds_what_waited_past_the_queue_bound(
         tmp_path: Path, gateway_process: Callable[[int, float], tuple[str, int]]) -> None:
@@ -239,16 +245,29 @@ def test_view_overload_sheds_what_waited_past_the_queue_bound(
     url, _ = gateway_process(BUDGET, bound)
     lua = tmp_path / "get.lua"
     lua.write_text(COUNT_LUA % "")
+    paced = tmp_path / "paced.lua"
+    paced.write_text(COUNT_LUA % OPEN_LOOP)
     quiet, _, quiet_p99 = wrk(f"{url}/v1/views/trending/_top", 4, 3, lua)
+    connections = min(800, max(8, round(3 * sum(quiet.values()) / 3 * 0.020)))  # 3x the capacity seen at 4
+    offered, offered_retry, offered_p99 = wrk(f"{url}/v1/views/trending/_top", connections, 5, paced)
     counts, retry, p99 = wrk(f"{url}/v1/views/trending/_top", 800, 10, lua)
-    # client-side p99s are recorded, not asserted (benchmarks/RESULTS.md): wrk shares the 2 cores, and at 800
-    # connections its tail is there with a trivial uvicorn app too, outside what the server can see or shed
-    print(f"views: 4 connections {quiet} p99 {quiet_p99:.4f}s; 800 connections {counts} p99 {p99:.4f}s")
+    # client-side p99s are recorded, not asserted (benchmarks/RESULTS.md, bench_gateway_overload.py): wrk
+    # shares the 2 cores, and at 800 connections its tail is there with a trivial uvicorn app too, outside
+    # what the server can see or shed
+    print(f"views: 4 connections {quiet} p99 {quiet_p99:.4f}s; 3x at {connections} paced connections {offered} "
+          f"p99 {offered_p99:.4f}s; 800 connections {counts} p99 {p99:.4f}s")
     assert set(counts) <= {200, 503}, counts
     assert counts.get(200, 0) > 0 and counts.get(503, 0) > 0 and retry == counts[503]
+    assert set(offered) <= {200, 503} and offered.get(200, 0) > 0, offered
+    assert offered_retry == offered.get(503, 0)  # every refusal says when to come back
     metrics = httpx.get(f"{url}/metrics", timeout=30).text
     buckets = {le: float(v) for le, v in re.findall(r'keel_http_queue_seconds_bucket\{le="([^"]+)"\} (\S+)', metrics)}
-    served = sum(n for s, n in counts.items() if s == 200) + quiet.get(200, 0)
+    refused = {why: float(v) for why, v in re.findall(r'keel_http_refused_total\{reason="([^"]+)"\} (\S+)', metrics)}
+    served = sum(n for s, n in counts.items() if s == 200) + quiet.get(200, 0) + offered.get(200, 0)
     # the server's own clock: every request it served had waited at most the bound (the rest were shed)
     assert buckets["0.05"] == buckets["+Inf"] >= served
+    # the protocol refused the excess before the app ran (`shed`); every 503 the clients saw is counted (and
+    # those wrk stopped waiting for at its end)
+    assert refused["shed"] > 0
+    assert sum(refused.get(why, 0) for why in ("shed", "queue", "memory")) >= counts[503] + offered.get(503, 0)
     assert httpx.get(f"{url}/v1/views/trending/_top", timeout=30).status_code == 200

@@ -39,7 +39,7 @@ LOCAL_DEFAULTS = {
     "state": "file://.keel/state",
 }
 _ENGINE_KEYS = tuple(LOCAL_DEFAULTS)
-_GATEWAY_LIMITS = {"max_inflight_bytes": int, "max_queue_seconds": float}  # ServeConfig fields a profile may set
+_GATEWAY_LIMITS = {"max_inflight_bytes": int, "max_queue_seconds": float, "max_concurrency": int}  # ServeConfig fields a profile may set
 _KNOWN_PROFILE_KEYS = set(_ENGINE_KEYS) | {"host", "port", "production"} | set(_GATEWAY_LIMITS)
 
 
@@ -50,6 +50,7 @@ class ServeConfig:
     max_body_bytes: int = 8 * 1024 * 1024
     max_inflight_bytes: int = 64 * 1024 * 1024  # request bodies the gateway holds at once; beyond: 503
     max_queue_seconds: float = 0.1  # a request that waited longer before being served: 503
+    max_concurrency: int = 64  # requests in flight at once; beyond: 503 from the HTTP protocol, before any work
 
 
 @dataclass(frozen=True)

@@ -124,7 +124,8 @@ class Platform:
         self.scheduler.run_forever(stop, poll_seconds=1.0)
 
     def _serve(self, stop: threading.Event) -> None:
-        server = uvicorn.Server(uvicorn.Config(self._app, host=self.host, port=self.port, http=StampedHttp,
+        server = uvicorn.Server(uvicorn.Config(self._app, host=self.host, port=self.port,
+                                               http=StampedHttp.admitting(self._app.admission()),
                                                log_level="warning", lifespan="off"))
         self.server = server
         if stop.is_set():  # read after publishing the server: stop() sets the event, then stops the server

@@ -43,7 +43,8 @@ def gateway_options(serve: ServeConfig, production: bool) -> GatewayOptions:
     """The options a profile implies: its body and overload limits; keyless loopback only outside
     production."""
     return GatewayOptions(max_body_bytes=serve.max_body_bytes, anonymous_loopback=not production,
-                          max_inflight_bytes=serve.max_inflight_bytes, max_queue_seconds=serve.max_queue_seconds)
+                          max_inflight_bytes=serve.max_inflight_bytes, max_queue_seconds=serve.max_queue_seconds,
+                          max_concurrency=serve.max_concurrency)
 
 
 def build_app(catalog: Catalog, engines: Engines, kv_url: str, options: GatewayOptions,

@@ -28,6 +28,7 @@ from keel.serve.layers import (OVER_BUDGET, Authenticator, Body, BodyLimits, Loa
                                Refusal, TooLarge, authorize, credentials)
 from keel.serve.limits import ByteBudget, GatewayOptions, RateLimiter, release_memory, retry_after
 from keel.serve.metrics import Metrics
+from keel.serve.protocol import Admission
 from keel.serve.resilience import Backend, CircuitOpenError
 from keel.serve.routes import Found, Message, Receive, RouteTable, Scope, Send
 from keel.serve.views import error
@@ -131,6 +132,11 @@ class Gateway:
         if refusal.reason is not None:
             self.metrics.refused.labels(refusal.reason).inc()
         return await error(send, refusal.status, refusal.message, refusal.headers)
+
+    def admission(self) -> Admission:
+        """What `StampedHttp.admitting` lets in: ``max_concurrency`` requests at once (health checks
+        always), refusing the rest in the protocol, counted as shed."""
+        return Admission(self.options.max_concurrency, self.table.public, self.metrics.refused.labels("shed").inc)
 
     def _release_memory(self) -> None:
         """Hand the trim to a worker thread: on a large heap it takes milliseconds of the event loop."""

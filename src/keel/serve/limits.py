@@ -32,7 +32,7 @@ class GatewayOptions:
     max_body_bytes: int = 8 * 1024 * 1024
     request_timeout: float = 5.0  # seconds for a whole request (504 past it)
     endpoint_timeout: float = 1.0  # a declared endpoint's handler; its fallback gets the rest
-    max_concurrency: int = 256  # requests in flight; more are shed with 503
+    max_concurrency: int = 64  # requests in flight; more are shed with 503 (by the HTTP protocol under keel up)
     default_rate: float = 1000.0  # requests/s of a key created without --rate
     anonymous_loopback: bool = True  # serve keyless loopback clients (never in a production profile)
     kv: BackendPolicy = field(default_factory=lambda: BackendPolicy(timeout=0.5))
