@@ -55,6 +55,8 @@ class Task:
     upstream: tuple[str, ...] = ()
     retries: int = 2
     retry_delay: float = 1.0
+    max_active: int | None = None
+    """At most this many runs of the task at once (None: only the scheduler's `slots` bound them)."""
 
 
 @dataclass(frozen=True)
@@ -89,9 +91,10 @@ class Scheduler(Protocol):
     def tick(self, now: datetime) -> list[Run]:
         """Run every task whose schedule fired in (previous tick, `now`]; return those runs.
 
-        Runs execute before this returns, oldest logical date first and upstream before downstream
-        for the same date; a task whose upstream has not succeeded (see the module contract) is
-        recorded ``upstream_failed``.
+        Runs execute before this returns; they start oldest logical date first, and a run starts
+        only once the runs of its upstream tasks in the same tick have finished (an engine may run
+        independent runs at once, up to its concurrency limits). A task whose upstream has not
+        succeeded (see the module contract) is recorded ``upstream_failed``.
         A task first seen by ``tick`` starts its schedule there: it does not run for earlier times.
         After downtime (several fire times missed since the previous tick) only the latest missed
         time is run; the others are skipped, not queued (there is no catch-up: use ``backfill``).
@@ -170,3 +173,5 @@ def _check_task(task: Task, by_name: Mapping[str, Task]) -> None:
             )
     if task.retries < 0 or task.retry_delay < 0:
         raise ConfigError(f"task {task.name!r}: retries and retry_delay must be >= 0")
+    if task.max_active is not None and task.max_active < 1:
+        raise ConfigError(f"task {task.name!r}: max_active must be >= 1 (or None for no limit of its own)")

@@ -1,7 +1,10 @@
 """The embedded scheduler: cron, dependencies, retries and backfills in-process, history in SQLite.
 
-Runs execute synchronously in the calling thread (``tick``, ``trigger``, ``backfill``) or in the
-thread running ``run_forever``; a long task delays the next tick. The history lives in one SQLite
+``tick``, ``trigger`` and ``backfill`` return once their runs have finished. Runs execute on worker
+threads, at most `slots` at once across everything the scheduler runs (a trigger waits for a free
+slot like a scheduled run) and at most a task's ``max_active`` runs of that task; a run of a tick
+starts once its upstream's runs in that tick have finished. With the default one slot, runs go one
+after another in the order the contract gives, and a long task delays the next tick. The history lives in one SQLite
 file in WAL mode, so it survives restarts and other processes (``keel status``) can read it while
 a scheduler writes. Each run records which process owns it; on open, a run still ``queued`` or
 ``running`` whose process is gone is marked ``failed`` with error ``"interrupted"``.
@@ -30,6 +33,7 @@ from typing import Any, cast
 from croniter import croniter, croniter_range
 
 from keel.errors import BackendError, ConfigError, NotFoundError, SchemaError
+from keel.jobs._slots import Slots
 from keel.jobs.base import Run, RunState, Task, find_cycle, latest_fire, validate_cron, validate_tasks
 
 __all__ = ["EmbeddedScheduler", "find_cycle", "validate_cron"]
@@ -63,6 +67,7 @@ class EmbeddedScheduler:
 
     `clock` gives the wall-clock time (for run timestamps, the default logical date of
     ``trigger`` and ``run_forever``); `sleep` waits between retries. Both exist for tests.
+    `slots` bounds how many runs execute at once (each task's ``max_active`` bounds its own).
     """
 
     def __init__(
@@ -72,7 +77,11 @@ class EmbeddedScheduler:
         *,
         clock: Callable[[], datetime] | None = None,
         sleep: Callable[[float], None] = time.sleep,
+        slots: int = 1,
     ) -> None:
+        if slots < 1:
+            raise ConfigError(f"the scheduler needs at least one run slot, not {slots}")
+        self._slots = Slots(slots)
         self.state_path = Path(state_path)
         self._clock = clock or (lambda: datetime.now(UTC))
         self._sleep = sleep
@@ -136,21 +145,19 @@ class EmbeddedScheduler:
                 due.append((fire, task))
             due.sort(key=lambda item: (item[0], self._order[item[1].name]))
             run_ids = [self._insert(db, task.name, date) for date, task in due]
-        results = []
-        for (date, task), run_id in zip(due, run_ids, strict=True):
-            blocked = self._upstream_problem(task, date)
-            if blocked:
-                results.append(self._finish(run_id, "upstream_failed", blocked, attempts=0))
-            else:
-                results.append(self._execute(task, date, run_id))
-        return results
+        return self._run_batch([(task, date, run_id) for (date, task), run_id in zip(due, run_ids, strict=True)],
+                               check_upstream=True)
 
     def trigger(self, name: str, logical_date: datetime | None = None) -> Run:
         task = self._task(name)
         date = _utc(logical_date) if logical_date is not None else self._clock().replace(microsecond=0)
         with self._lock, self._transaction() as db:
             run_id = self._insert(db, name, date)
-        return self._execute(task, date, run_id)
+        self._slots.take(task.name, task.max_active)
+        try:
+            return self._execute(task, date, run_id)
+        finally:
+            self._slots.give_back(task.name)
 
     def backfill(self, name: str, start: datetime, end: datetime) -> list[Run]:
         task = self._task(name)
@@ -165,7 +172,8 @@ class EmbeddedScheduler:
         dates = [_utc(d) for d in croniter_range(start, end, task.schedule, ret_type=datetime)]
         with self._lock, self._transaction() as db:
             run_ids = [self._insert(db, name, date) for date in dates]
-        return [self._execute(task, date, run_id) for date, run_id in zip(dates, run_ids, strict=True)]
+        return self._run_batch([(task, date, run_id) for date, run_id in zip(dates, run_ids, strict=True)],
+                               check_upstream=False)
 
     def runs(self, task: str | None = None, limit: int = 50) -> list[Run]:
         if task is None:
@@ -221,6 +229,54 @@ class EmbeddedScheduler:
             known = ", ".join(sorted(self._tasks)) or "none"
             raise NotFoundError(f"no task named {name!r}; known tasks: {known}")
         return task
+
+    def _run_batch(self, batch: Sequence[tuple[Task, datetime, int]], *, check_upstream: bool) -> list[Run]:
+        """Run `batch` (task, date, run id; in start order) on worker threads within the slots.
+
+        A run starts once every earlier run in the batch of one of its upstream tasks has finished,
+        so its upstream check (`check_upstream`, for ticks) sees their outcome. Returns the runs in
+        batch order. Anything a run raises past its own recording (an interrupt) stops further starts
+        and is raised here once the started runs have ended.
+        """
+        results: list[Run | None] = [None] * len(batch)
+        waiting = list(range(len(batch)))
+        running: set[int] = set()
+        raised: list[BaseException] = []
+        slots = self._slots
+
+        def work(i: int) -> None:
+            task, date, run_id = batch[i]
+            try:
+                blocked = self._upstream_problem(task, date) if check_upstream else None
+                if blocked:
+                    results[i] = self._finish(run_id, "upstream_failed", blocked, attempts=0)
+                else:
+                    results[i] = self._execute(task, date, run_id)
+            except BaseException as exc:  # handed to the thread that waits for the batch
+                raised.append(exc)
+            finally:
+                with slots.changed:
+                    running.discard(i)
+                    slots.give_back(task.name)
+
+        def ready(i: int) -> bool:
+            upstream = batch[i][0].upstream
+            return not any(batch[j][0].name in upstream for j in (*waiting, *running) if j < i)
+
+        with slots.changed:
+            while running or (waiting and not raised):
+                if not raised:
+                    for i in [i for i in waiting if ready(i)]:
+                        task = batch[i][0]
+                        if slots.try_take(task.name, task.max_active):
+                            waiting.remove(i)
+                            running.add(i)
+                            threading.Thread(target=work, args=(i,), name=f"keel-run-{batch[i][2]}",
+                                             daemon=True).start()
+                slots.changed.wait()
+        if raised:
+            raise raised[0]
+        return [run for run in results if run is not None]
 
     def _execute(self, task: Task, date: datetime, run_id: int) -> Run:
         attempts = 0
