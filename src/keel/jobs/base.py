@@ -13,7 +13,9 @@ Contract:
 * A task succeeds when ``run`` returns; anything it raises is a failure recorded on the run as
   ``"<ExceptionType>: <message>"`` and never escapes the scheduler. After a failure it is retried
   ``retries`` more times, waiting ``retry_delay`` seconds, doubled after each attempt (not after a
-  ConfigError or SchemaError: a mistake in the project fails its run at once).
+  ConfigError or SchemaError: a mistake in the project fails its run at once). A task with a
+  ``timeout`` runs each attempt in its own process, killed at the timeout: that attempt fails with
+  error ``"timed out after N s"`` (and is retried like any failure).
 * Upstream: a task runs for logical date D only once each upstream task has succeeded for *its*
   logical date at D — the latest fire time of the upstream's schedule at or before D, which is D
   itself when both share a schedule (a ``"30 3 * * *"`` task waits for its ``"0 3 * * *"`` upstream's
@@ -57,6 +59,9 @@ class Task:
     retry_delay: float = 1.0
     max_active: int | None = None
     """At most this many runs of the task at once (None: only the scheduler's `slots` bound them)."""
+    timeout: float | None = None
+    """Seconds an attempt may run; with a timeout, each attempt runs in its own process, killed at
+    the timeout, and fails with error ``"timed out after N s"`` (so `run` must pickle)."""
 
 
 @dataclass(frozen=True)
@@ -173,5 +178,7 @@ def _check_task(task: Task, by_name: Mapping[str, Task]) -> None:
             )
     if task.retries < 0 or task.retry_delay < 0:
         raise ConfigError(f"task {task.name!r}: retries and retry_delay must be >= 0")
+    if task.timeout is not None and task.timeout <= 0:
+        raise ConfigError(f"task {task.name!r}: timeout must be > 0 seconds (or None for no timeout)")
     if task.max_active is not None and task.max_active < 1:
         raise ConfigError(f"task {task.name!r}: max_active must be >= 1 (or None for no limit of its own)")

@@ -33,6 +33,7 @@ from typing import Any, cast
 from croniter import croniter, croniter_range
 
 from keel.errors import BackendError, ConfigError, NotFoundError, SchemaError
+from keel.jobs._isolated import IsolatedFailure, call_isolated
 from keel.jobs._slots import Slots
 from keel.jobs.base import Run, RunState, Task, find_cycle, latest_fire, validate_cron, validate_tasks
 
@@ -288,9 +289,12 @@ class EmbeddedScheduler:
                 return self._finish(run_id, "failed", f"{INTERRUPTED}: its start could not be recorded ({exc})",
                                     attempts=attempts - 1)
             try:
-                task.run(date)
+                if task.timeout is None:
+                    task.run(date)
+                else:
+                    call_isolated(task.name, task.run, date, task.timeout)
             except Exception as exc:  # a task's failure is data for its run, never the scheduler's
-                error = f"{type(exc).__name__}: {exc}"
+                error = str(exc) if isinstance(exc, IsolatedFailure) else f"{type(exc).__name__}: {exc}"
                 if attempts > task.retries or isinstance(exc, (ConfigError, SchemaError)):  # a retry cannot fix those
                     log.error("task %s for %s failed after %d attempts: %s", task.name, date, attempts, error)
                     return self._finish(run_id, "failed", error, attempts=attempts)
