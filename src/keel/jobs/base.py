@@ -12,7 +12,8 @@ Contract:
   what it wrote for that date rather than add to it (keel's job runner replaces the output table).
 * A task succeeds when ``run`` returns; anything it raises is a failure recorded on the run as
   ``"<ExceptionType>: <message>"`` and never escapes the scheduler. After a failure it is retried
-  ``retries`` more times, waiting ``retry_delay`` seconds, doubled after each attempt (not after a
+  ``retries`` more times, waiting ``retry_delay`` seconds, doubled after each attempt up to
+  ``retry_max_delay`` (not after a
   ConfigError or SchemaError: a mistake in the project fails its run at once). A task with a
   ``timeout`` runs each attempt in its own process, killed at the timeout: that attempt fails with
   error ``"timed out after N s"`` (and is retried like any failure).
@@ -57,6 +58,8 @@ class Task:
     upstream: tuple[str, ...] = ()
     retries: int = 2
     retry_delay: float = 1.0
+    retry_max_delay: float | None = None
+    """The longest wait between attempts, however many have failed (None: no cap)."""
     max_active: int | None = None
     """At most this many runs of the task at once (None: only the scheduler's `slots` bound them)."""
     timeout: float | None = None
@@ -79,6 +82,18 @@ class Run:
     state: RunState
     attempts: int
     started: datetime | None
+    finished: datetime | None
+    error: str | None
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """One call of a task's `run` within a run: when it started and ended, and its error (None: it
+    succeeded, or has not ended)."""
+
+    run_id: int
+    number: int
+    started: datetime
     finished: datetime | None
     error: str | None
 
@@ -178,6 +193,8 @@ def _check_task(task: Task, by_name: Mapping[str, Task]) -> None:
             )
     if task.retries < 0 or task.retry_delay < 0:
         raise ConfigError(f"task {task.name!r}: retries and retry_delay must be >= 0")
+    if task.retry_max_delay is not None and task.retry_max_delay < 0:
+        raise ConfigError(f"task {task.name!r}: retry_max_delay must be >= 0 (or None for no cap)")
     if task.timeout is not None and task.timeout <= 0:
         raise ConfigError(f"task {task.name!r}: timeout must be > 0 seconds (or None for no timeout)")
     if task.max_active is not None and task.max_active < 1:

@@ -35,7 +35,8 @@ from croniter import croniter, croniter_range
 from keel.errors import BackendError, ConfigError, NotFoundError, SchemaError
 from keel.jobs._isolated import IsolatedFailure, call_isolated
 from keel.jobs._slots import Slots
-from keel.jobs.base import Run, RunState, Task, find_cycle, latest_fire, validate_cron, validate_tasks
+from keel.jobs.retry import Jitter, backoff
+from keel.jobs.base import Attempt, Run, RunState, Task, find_cycle, latest_fire, validate_cron, validate_tasks
 
 __all__ = ["EmbeddedScheduler", "find_cycle", "validate_cron"]
 
@@ -59,6 +60,14 @@ CREATE INDEX IF NOT EXISTS runs_by_task ON runs (task, id);
 CREATE INDEX IF NOT EXISTS runs_by_date ON runs (task, logical_date);
 CREATE INDEX IF NOT EXISTS runs_by_state ON runs (state);
 CREATE TABLE IF NOT EXISTS ticks (task TEXT PRIMARY KEY, last_tick TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS attempts (
+    run_id INTEGER NOT NULL,
+    number INTEGER NOT NULL,
+    started TEXT NOT NULL,
+    finished TEXT,
+    error TEXT,
+    PRIMARY KEY (run_id, number)
+);
 """
 _COLUMNS = "id, task, logical_date, state, attempts, started, finished, error"
 
@@ -68,6 +77,7 @@ class EmbeddedScheduler:
 
     `clock` gives the wall-clock time (for run timestamps, the default logical date of
     ``trigger`` and ``run_forever``); `sleep` waits between retries. Both exist for tests.
+    `jitter` maps each backoff delay to the one waited (`keel.jobs.retry.seeded_jitter`; default none).
     `slots` bounds how many runs execute at once (each task's ``max_active`` bounds its own).
     """
 
@@ -79,7 +89,9 @@ class EmbeddedScheduler:
         clock: Callable[[], datetime] | None = None,
         sleep: Callable[[float], None] = time.sleep,
         slots: int = 1,
+        jitter: Jitter | None = None,
     ) -> None:
+        self._jitter = jitter
         if slots < 1:
             raise ConfigError(f"the scheduler needs at least one run slot, not {slots}")
         self._slots = Slots(slots)
@@ -182,6 +194,13 @@ class EmbeddedScheduler:
         else:
             rows = self._query(f"SELECT {_COLUMNS} FROM runs WHERE task = ? ORDER BY id DESC LIMIT ?", (task, limit))
         return [_to_run(row) for row in rows]
+
+    def attempts(self, run_id: int) -> list[Attempt]:
+        """The attempts of run `run_id`, first first (none for a run that never started)."""
+        rows = self._query("SELECT run_id, number, started, finished, error FROM attempts WHERE run_id = ? "
+                           "ORDER BY number", (run_id,))
+        return [Attempt(run_id=r[0], number=r[1], started=_parse(r[2]), finished=_parse(r[3]) if r[3] else None,
+                        error=r[4]) for r in rows]
 
     def last_success(self, task: str) -> Run | None:
         rows = self._query(
@@ -298,7 +317,10 @@ class EmbeddedScheduler:
                 if attempts > task.retries or isinstance(exc, (ConfigError, SchemaError)):  # a retry cannot fix those
                     log.error("task %s for %s failed after %d attempts: %s", task.name, date, attempts, error)
                     return self._finish(run_id, "failed", error, attempts=attempts)
-                delay = task.retry_delay * 2 ** (attempts - 1)
+                self._end_attempt(run_id, attempts, error)
+                delay = backoff(task, attempts)
+                if self._jitter is not None:
+                    delay = self._jitter(delay)
                 log.warning("task %s for %s failed (attempt %d), retrying in %.1fs: %s",
                             task.name, date, attempts, delay, error)
                 self._sleep(delay)
@@ -347,6 +369,17 @@ class EmbeddedScheduler:
                 "UPDATE runs SET state = ?, attempts = ?, started = CASE WHEN ? THEN ? ELSE started END WHERE id = ?",
                 (state, attempts, started, now, run_id),
             )
+            db.execute("INSERT OR REPLACE INTO attempts (run_id, number, started) VALUES (?, ?, ?)",
+                       (run_id, attempts, now))
+
+    def _end_attempt(self, run_id: int, number: int, error: str) -> None:
+        """Record a failed attempt that is retried (the last one is recorded with the run's outcome)."""
+        try:
+            with self._lock, self._transaction() as db:
+                db.execute("UPDATE attempts SET finished = ?, error = ? WHERE run_id = ? AND number = ?",
+                           (_iso(self._clock()), error, run_id, number))
+        except BackendError as exc:  # the run goes on; only this attempt's end is missing from the history
+            log.warning("run %d: attempt %d's end could not be recorded: %s", run_id, number, exc)
 
     def _finish(self, run_id: int, state: RunState, error: str | None, *, attempts: int) -> Run:
         outcome = (state, error, attempts, _iso(self._clock()))
@@ -368,6 +401,8 @@ class EmbeddedScheduler:
                 "UPDATE runs SET state = ?, attempts = ?, finished = ?, error = ? WHERE id = ?",
                 (state, attempts, finished, error, run_id),
             )
+            db.execute("UPDATE attempts SET finished = ?, error = ? WHERE run_id = ? AND number = ? "
+                       "AND finished IS NULL", (finished, error, run_id, attempts))
             row = db.execute(f"SELECT {_COLUMNS} FROM runs WHERE id = ?", (run_id,)).fetchone()
         return _to_run(row)
 
