@@ -40,6 +40,7 @@ from croniter import croniter
 from keel.errors import ConfigError
 from keel.project.schedule import find_cycle as find_cycle, validate_cron as validate_cron  # the declarations' rules
 
+Catchup = Literal["latest", "all"]
 RunState = Literal["queued", "running", "success", "failed", "upstream_failed"]
 FINISHED_STATES: frozenset[str] = frozenset({"success", "failed", "upstream_failed"})
 
@@ -60,6 +61,8 @@ class Task:
     retry_delay: float = 1.0
     retry_max_delay: float | None = None
     """The longest wait between attempts, however many have failed (None: no cap)."""
+    catchup: Catchup = "latest"
+    """After fire times were missed (no tick ran): ``"latest"`` runs only the latest, ``"all"`` each."""
     max_active: int | None = None
     """At most this many runs of the task at once (None: only the scheduler's `slots` bound them)."""
     timeout: float | None = None
@@ -117,7 +120,8 @@ class Scheduler(Protocol):
         succeeded (see the module contract) is recorded ``upstream_failed``.
         A task first seen by ``tick`` starts its schedule there: it does not run for earlier times.
         After downtime (several fire times missed since the previous tick) only the latest missed
-        time is run; the others are skipped, not queued (there is no catch-up: use ``backfill``).
+        time is run and the others are skipped, not queued (use ``backfill`` for them), unless the
+        task's ``catchup`` is ``"all"``: then every missed time is run, oldest first.
         """
         ...
 
@@ -197,5 +201,8 @@ def _check_task(task: Task, by_name: Mapping[str, Task]) -> None:
         raise ConfigError(f"task {task.name!r}: retry_max_delay must be >= 0 (or None for no cap)")
     if task.timeout is not None and task.timeout <= 0:
         raise ConfigError(f"task {task.name!r}: timeout must be > 0 seconds (or None for no timeout)")
+    if task.catchup not in ("latest", "all"):
+        raise ConfigError(f"task {task.name!r}: catchup is {task.catchup!r}; use \"latest\" (run only the "
+                          "latest missed fire time) or \"all\" (run each)")
     if task.max_active is not None and task.max_active < 1:
         raise ConfigError(f"task {task.name!r}: max_active must be >= 1 (or None for no limit of its own)")

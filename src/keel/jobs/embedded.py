@@ -152,6 +152,9 @@ class EmbeddedScheduler:
                 if fire <= last:
                     continue
                 first = croniter(task.schedule, last).get_next(datetime)
+                if task.catchup == "all":
+                    due.extend((_utc(d), task) for d in croniter_range(first, fire, task.schedule, ret_type=datetime))
+                    continue
                 if first < fire:
                     log.warning("task %s: skipped fire times %s to %s (missed while not ticking); "
                                 "running %s only", task.name, first, fire - timedelta(microseconds=1), fire)
