@@ -19,7 +19,8 @@ import signal
 import sys
 import threading
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -32,6 +33,8 @@ from keel.cli.render import print_rows
 from keel.errors import KeelError, NotFoundError, ProjectError
 
 if TYPE_CHECKING:
+    from keel.jobs.base import Task
+    from keel.jobs.embedded import EmbeddedScheduler
     from keel.run.runtime import Runtime
 
 __all__ = ["app", "main"]
@@ -244,6 +247,103 @@ def run(job: str, project: Path, profile: str | None, date: datetime | None) -> 
                console=out)
     if result.state != "success":
         sys.exit(1)
+
+
+@app.group(context_settings=CONTEXT, invoke_without_command=True)
+@project_options
+@click.pass_context
+def jobs(ctx: click.Context, project: Path, profile: str | None) -> None:
+    """The scheduled jobs: a table, their history and logs, pause.
+
+    Without a subcommand: each job's schedule, whether it is paused, its last run and the next time
+    it fires."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from keel.jobs.overview import jobs_rows
+
+    with _job_history(project, profile, create=False) as (scheduler, tasks):
+        rows = jobs_rows(scheduler, tasks, datetime.now(timezone.utc))
+    print_rows(rows, "jobs", out)
+
+
+@jobs.command("history")
+@click.argument("job")
+@project_options
+@click.option("--limit", type=click.IntRange(min=1), default=20, show_default=True, help="How many runs.")
+def jobs_history(job: str, project: Path, profile: str | None, limit: int) -> None:
+    """The runs of JOB, newest first.
+
+    Each run's id (for `keel jobs logs RUN`), logical date, state, attempts, duration and error."""
+    from keel.jobs.overview import history_rows
+
+    with _job_history(project, profile, create=False) as (scheduler, tasks):
+        if job not in {t.name for t in tasks}:
+            raise NotFoundError(f"no job named {job!r}; known jobs: {', '.join(t.name for t in tasks)}")
+        runs = scheduler.runs(job, limit=limit) if scheduler is not None else []
+    print_rows(history_rows(runs), f"runs of {job}", out, empty=f"{job} has not run yet")
+
+
+@jobs.command("logs")
+@click.argument("run_id", metavar="RUN", type=int)
+@project_options
+def jobs_logs(run_id: int, project: Path, profile: str | None) -> None:
+    """Print the log of run RUN (an id from `keel jobs history JOB`).
+
+    What the run logged, attempt by attempt; a run with a timeout also has its process's output."""
+    with _job_history(project, profile, create=False) as (scheduler, _):
+        found = scheduler.find_run(run_id) if scheduler is not None else None
+        if found is None:
+            raise NotFoundError(f"no run {run_id} in the history; `keel jobs history JOB` lists a job's runs")
+        path = scheduler.log_path(run_id) if scheduler is not None else None
+    if path is None or not path.exists():
+        out.print(Text(f"run {run_id} ({found.task}, {found.state}) has no log: it never started", style="dim"))
+        return
+    out.print(Text(path.read_text(encoding="utf-8", errors="replace").rstrip("\n")))
+
+
+@jobs.command("pause")
+@click.argument("job")
+@project_options
+def jobs_pause(job: str, project: Path, profile: str | None) -> None:
+    """Stop JOB firing on its schedule until `keel jobs unpause JOB`.
+
+    Kept in the scheduler's state, so a running `keel up` sees it at its next tick; `keel run JOB`
+    still runs it."""
+    with _job_history(project, profile, create=True) as (scheduler, _):
+        assert scheduler is not None
+        scheduler.pause(job)
+    out.print(f"{job} is paused")
+
+
+@jobs.command("unpause")
+@click.argument("job")
+@project_options
+def jobs_unpause(job: str, project: Path, profile: str | None) -> None:
+    """Let JOB fire on its schedule again.
+
+    Fire times missed while paused follow the job's catch-up policy (by default only the latest runs)."""
+    with _job_history(project, profile, create=True) as (scheduler, _):
+        assert scheduler is not None
+        scheduler.unpause(job)
+    out.print(f"{job} is unpaused")
+
+
+@contextmanager
+def _job_history(project: Path, profile: str | None, *,
+                 create: bool) -> Iterator[tuple[EmbeddedScheduler | None, list[Task]]]:
+    """The scheduler's history with the project's tasks; None when it does not exist and not `create`."""
+    from keel.jobs.embedded import EmbeddedScheduler
+    from keel.jobs.run import scheduler_tasks
+    from keel.schemes import file_path
+
+    rt = _runtime(project, profile)
+    tasks = scheduler_tasks(rt.catalog, rt)
+    path = file_path(rt.config.state) / "scheduler.db"
+    if not (create or path.exists()):
+        yield None, tasks
+        return
+    with EmbeddedScheduler(path, tasks) as scheduler:
+        yield scheduler, tasks
 
 
 @app.command()

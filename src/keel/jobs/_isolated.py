@@ -14,6 +14,7 @@ import pickle
 from collections.abc import Callable
 from datetime import datetime
 from multiprocessing.connection import Connection
+from pathlib import Path
 
 from keel.errors import ConfigError, KeelError
 
@@ -36,15 +37,18 @@ class RemoteTaskError(IsolatedFailure):
     """A task's exception that could not cross the pipe: ``"<ExceptionType>: <message>"``."""
 
 
-def call_isolated(name: str, run: Callable[[datetime], object], logical_date: datetime, timeout: float) -> None:
+def call_isolated(name: str, run: Callable[[datetime], object], logical_date: datetime, timeout: float,
+                  log_file: Path | None = None) -> None:
     """Call ``run(logical_date)`` in a child process; raise what it raised, or `TaskTimeout`.
+
+    With `log_file`, the child's stdout, stderr and log records are appended to it.
 
     An exception the task raises is re-raised here as itself (its type name survives for the run's
     error); one that cannot be pickled arrives as a `RemoteTaskError` holding its name and message.
     """
     ctx = multiprocessing.get_context("spawn")
     receive, send = ctx.Pipe(duplex=False)
-    process = ctx.Process(target=_child, args=(run, logical_date, send), name=f"keel-task-{name}", daemon=True)
+    process = ctx.Process(target=_child, args=(run, logical_date, send, log_file), name=f"keel-task-{name}", daemon=True)
     try:
         process.start()
     except (pickle.PicklingError, AttributeError, TypeError) as exc:
@@ -87,7 +91,12 @@ def _exit_code(process: multiprocessing.process.BaseProcess) -> int | None:
     return process.exitcode
 
 
-def _child(run: Callable[[datetime], object], logical_date: datetime, send: Connection) -> None:
+def _child(run: Callable[[datetime], object], logical_date: datetime, send: Connection,
+           log_file: Path | None) -> None:
+    if log_file is not None:
+        from keel.jobs.runlog import redirect_process
+
+        redirect_process(log_file)
     send.send(_STARTED)
     try:
         run(logical_date)

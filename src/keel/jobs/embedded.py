@@ -36,6 +36,7 @@ from keel.errors import BackendError, ConfigError, NotFoundError, SchemaError
 from keel.jobs._isolated import IsolatedFailure, call_isolated
 from keel.jobs._slots import Slots
 from keel.jobs.retry import Jitter, backoff
+from keel.jobs.runlog import capture, log_path
 from keel.jobs.base import Attempt, Run, RunState, Task, find_cycle, latest_fire, validate_cron, validate_tasks
 
 __all__ = ["EmbeddedScheduler", "find_cycle", "validate_cron"]
@@ -60,6 +61,7 @@ CREATE INDEX IF NOT EXISTS runs_by_task ON runs (task, id);
 CREATE INDEX IF NOT EXISTS runs_by_date ON runs (task, logical_date);
 CREATE INDEX IF NOT EXISTS runs_by_state ON runs (state);
 CREATE TABLE IF NOT EXISTS ticks (task TEXT PRIMARY KEY, last_tick TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS paused (task TEXT PRIMARY KEY, since TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS attempts (
     run_id INTEGER NOT NULL,
     number INTEGER NOT NULL,
@@ -96,6 +98,7 @@ class EmbeddedScheduler:
             raise ConfigError(f"the scheduler needs at least one run slot, not {slots}")
         self._slots = Slots(slots)
         self.state_path = Path(state_path)
+        self.logs_dir = self.state_path.parent / "logs"
         self._clock = clock or (lambda: datetime.now(UTC))
         self._sleep = sleep
         self._owner = _process_token(os.getpid())
@@ -136,8 +139,9 @@ class EmbeddedScheduler:
         due: list[tuple[datetime, Task]] = []
         with self._lock, self._transaction() as db:
             marks = {name: _parse(text) for name, text in db.execute("SELECT task, last_tick FROM ticks")}
+            paused = {name for (name,) in db.execute("SELECT task FROM paused")}
             for task in self._tasks.values():
-                if task.schedule is None:
+                if task.schedule is None or task.name in paused:  # a paused task's mark waits: see `pause`
                     continue
                 last = marks.get(task.name)
                 if last is None or now > last:
@@ -198,12 +202,42 @@ class EmbeddedScheduler:
             rows = self._query(f"SELECT {_COLUMNS} FROM runs WHERE task = ? ORDER BY id DESC LIMIT ?", (task, limit))
         return [_to_run(row) for row in rows]
 
+    def pause(self, name: str) -> None:
+        """Stop task `name` firing on its schedule, for every process sharing the state, until ``unpause``.
+
+        ``trigger`` and ``backfill`` still run it (a manual run is an explicit override). Its tick
+        mark does not move while paused, so on unpause the fire times missed meanwhile follow the
+        task's ``catchup`` policy, as after downtime. Raises ``NotFoundError`` for an unknown task.
+        """
+        self._task(name)
+        with self._lock, self._transaction() as db:
+            db.execute("INSERT OR IGNORE INTO paused (task, since) VALUES (?, ?)", (name, _iso(self._clock())))
+
+    def unpause(self, name: str) -> None:
+        """Let task `name` fire on its schedule again (a no-op for a task not paused)."""
+        self._task(name)
+        with self._lock, self._transaction() as db:
+            db.execute("DELETE FROM paused WHERE task = ?", (name,))
+
+    def paused(self) -> set[str]:
+        """The names of the paused tasks (known to this scheduler or not)."""
+        return {name for (name,) in self._query("SELECT task FROM paused", ())}
+
+    def log_path(self, run_id: int) -> Path:
+        """Where run `run_id`'s log is (absent for a run that never started); see `keel.jobs.runlog`."""
+        return log_path(self.logs_dir, run_id)
+
     def attempts(self, run_id: int) -> list[Attempt]:
         """The attempts of run `run_id`, first first (none for a run that never started)."""
         rows = self._query("SELECT run_id, number, started, finished, error FROM attempts WHERE run_id = ? "
                            "ORDER BY number", (run_id,))
         return [Attempt(run_id=r[0], number=r[1], started=_parse(r[2]), finished=_parse(r[3]) if r[3] else None,
                         error=r[4]) for r in rows]
+
+    def find_run(self, run_id: int) -> Run | None:
+        """Run `run_id` as recorded, or None for an id the history does not hold."""
+        rows = self._query(f"SELECT {_COLUMNS} FROM runs WHERE id = ?", (run_id,))
+        return _to_run(rows[0]) if rows else None
 
     def last_success(self, task: str) -> Run | None:
         rows = self._query(
@@ -310,28 +344,34 @@ class EmbeddedScheduler:
             except BackendError as exc:  # without a record of the start it does not run: failed, not stuck queued
                 return self._finish(run_id, "failed", f"{INTERRUPTED}: its start could not be recorded ({exc})",
                                     attempts=attempts - 1)
-            try:
-                if task.timeout is None:
-                    task.run(date)
+            with capture(self.log_path(run_id), f"-- run {run_id}: task {task.name} for {_iso(date)}, "
+                                                f"attempt {attempts}"):
+                try:
+                    if task.timeout is None:
+                        task.run(date)
+                    else:
+                        call_isolated(task.name, task.run, date, task.timeout, self.log_path(run_id))
+                except Exception as exc:  # a task's failure is data for its run, never the scheduler's
+                    error = str(exc) if isinstance(exc, IsolatedFailure) else f"{type(exc).__name__}: {exc}"
+                    if attempts > task.retries or isinstance(exc, (ConfigError, SchemaError)):  # a retry cannot fix those
+                        log.error("task %s for %s failed after %d attempts: %s", task.name, date, attempts, error)
+                        return self._finish(run_id, "failed", error, attempts=attempts)
+                    delay = backoff(task, attempts)
+                    if self._jitter is not None:
+                        delay = self._jitter(delay)
+                    log.warning("task %s for %s failed (attempt %d), retrying in %.1fs: %s",
+                                task.name, date, attempts, delay, error)
+                except BaseException:
+                    self._finish(run_id, "failed", INTERRUPTED, attempts=attempts)
+                    raise
                 else:
-                    call_isolated(task.name, task.run, date, task.timeout)
-            except Exception as exc:  # a task's failure is data for its run, never the scheduler's
-                error = str(exc) if isinstance(exc, IsolatedFailure) else f"{type(exc).__name__}: {exc}"
-                if attempts > task.retries or isinstance(exc, (ConfigError, SchemaError)):  # a retry cannot fix those
-                    log.error("task %s for %s failed after %d attempts: %s", task.name, date, attempts, error)
-                    return self._finish(run_id, "failed", error, attempts=attempts)
-                self._end_attempt(run_id, attempts, error)
-                delay = backoff(task, attempts)
-                if self._jitter is not None:
-                    delay = self._jitter(delay)
-                log.warning("task %s for %s failed (attempt %d), retrying in %.1fs: %s",
-                            task.name, date, attempts, delay, error)
+                    return self._finish(run_id, "success", None, attempts=attempts)
+            self._end_attempt(run_id, attempts, error)
+            try:
                 self._sleep(delay)
-            except BaseException:
+            except BaseException:  # e.g. Ctrl-C while waiting to retry
                 self._finish(run_id, "failed", INTERRUPTED, attempts=attempts)
                 raise
-            else:
-                return self._finish(run_id, "success", None, attempts=attempts)
 
     def _upstream_problem(self, task: Task, date: datetime) -> str | None:
         """Why `task` may not run for `date` yet (see the upstream rule in keel.jobs.base), or None."""
