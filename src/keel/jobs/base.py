@@ -63,6 +63,8 @@ class Task:
     """The longest wait between attempts, however many have failed (None: no cap)."""
     catchup: Catchup = "latest"
     """After fire times were missed (no tick ran): ``"latest"`` runs only the latest, ``"all"`` each."""
+    watch: Callable[[], str] | None = None
+    """A token of the task's inputs (see `keel.jobs.triggers`): each change between ticks runs it."""
     max_active: int | None = None
     """At most this many runs of the task at once (None: only the scheduler's `slots` bound them)."""
     timeout: float | None = None

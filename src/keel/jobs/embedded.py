@@ -61,6 +61,7 @@ CREATE INDEX IF NOT EXISTS runs_by_task ON runs (task, id);
 CREATE INDEX IF NOT EXISTS runs_by_date ON runs (task, logical_date);
 CREATE INDEX IF NOT EXISTS runs_by_state ON runs (state);
 CREATE TABLE IF NOT EXISTS ticks (task TEXT PRIMARY KEY, last_tick TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS watches (task TEXT PRIMARY KEY, token TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS paused (task TEXT PRIMARY KEY, since TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS attempts (
     run_id INTEGER NOT NULL,
@@ -137,6 +138,7 @@ class EmbeddedScheduler:
         now = _utc(now)
         self._record_unrecorded()
         due: list[tuple[datetime, Task]] = []
+        tokens = self._watch_tokens()
         with self._lock, self._transaction() as db:
             marks = {name: _parse(text) for name, text in db.execute("SELECT task, last_tick FROM ticks")}
             paused = {name for (name,) in db.execute("SELECT task FROM paused")}
@@ -163,6 +165,7 @@ class EmbeddedScheduler:
                     log.warning("task %s: skipped fire times %s to %s (missed while not ticking); "
                                 "running %s only", task.name, first, fire - timedelta(microseconds=1), fire)
                 due.append((fire, task))
+            due.extend(self._changed_inputs(db, tokens, paused, {task.name for _, task in due}, now))
             due.sort(key=lambda item: (item[0], self._order[item[1].name]))
             run_ids = [self._insert(db, task.name, date) for date, task in due]
         return self._run_batch([(task, date, run_id) for (date, task), run_id in zip(due, run_ids, strict=True)],
@@ -286,6 +289,32 @@ class EmbeddedScheduler:
             known = ", ".join(sorted(self._tasks)) or "none"
             raise NotFoundError(f"no task named {name!r}; known tasks: {known}")
         return task
+
+    def _watch_tokens(self) -> dict[str, str]:
+        """Each watched task's current input token; a watch that fails skips its task this tick."""
+        tokens = {}
+        for task in list(self._tasks.values()):
+            if task.watch is None:
+                continue
+            try:
+                tokens[task.name] = task.watch()
+            except Exception as exc:  # e.g. the lake briefly unreachable: the next tick looks again
+                log.warning("task %s: cannot read the state of its inputs, not checked this tick: %s", task.name, exc)
+        return tokens
+
+    def _changed_inputs(self, db: sqlite3.Connection, tokens: dict[str, str], paused: set[str], already: set[str],
+                        now: datetime) -> list[tuple[datetime, Task]]:
+        """The tasks whose input token changed since the last tick saw it (claimed in `db`'s transaction)."""
+        seen = dict(db.execute("SELECT task, token FROM watches").fetchall())
+        due = []
+        for name, token in tokens.items():
+            if name in paused or seen.get(name) == token:
+                continue
+            db.execute("INSERT INTO watches (task, token) VALUES (?, ?) "
+                       "ON CONFLICT (task) DO UPDATE SET token = excluded.token", (name, token))
+            if name in seen and name not in already and name in self._tasks:
+                due.append((now.replace(microsecond=0), self._tasks[name]))
+        return due
 
     def _run_batch(self, batch: Sequence[tuple[Task, datetime, int]], *, check_upstream: bool) -> list[Run]:
         """Run `batch` (task, date, run id; in start order) on worker threads within the slots.
