@@ -65,6 +65,9 @@ class Task:
     """After fire times were missed (no tick ran): ``"latest"`` runs only the latest, ``"all"`` each."""
     watch: Callable[[], str] | None = None
     """A token of the task's inputs (see `keel.jobs.triggers`): each change between ticks runs it."""
+    sla: float | None = None
+    """Seconds after its logical date by which a run must have succeeded; one that has not (still
+    running, failed, or done late) is an SLA miss, recorded once per run by the scheduler."""
     max_active: int | None = None
     """At most this many runs of the task at once (None: only the scheduler's `slots` bound them)."""
     timeout: float | None = None
@@ -206,5 +209,7 @@ def _check_task(task: Task, by_name: Mapping[str, Task]) -> None:
     if task.catchup not in ("latest", "all"):
         raise ConfigError(f"task {task.name!r}: catchup is {task.catchup!r}; use \"latest\" (run only the "
                           "latest missed fire time) or \"all\" (run each)")
+    if task.sla is not None and task.sla <= 0:
+        raise ConfigError(f"task {task.name!r}: sla must be > 0 seconds after the logical date (or None)")
     if task.max_active is not None and task.max_active < 1:
         raise ConfigError(f"task {task.name!r}: max_active must be >= 1 (or None for no limit of its own)")

@@ -62,6 +62,8 @@ CREATE INDEX IF NOT EXISTS runs_by_date ON runs (task, logical_date);
 CREATE INDEX IF NOT EXISTS runs_by_state ON runs (state);
 CREATE TABLE IF NOT EXISTS ticks (task TEXT PRIMARY KEY, last_tick TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS watches (task TEXT PRIMARY KEY, token TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS sla (run_id INTEGER PRIMARY KEY, task TEXT NOT NULL, missed INTEGER NOT NULL,
+                                checked TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS paused (task TEXT PRIMARY KEY, since TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS attempts (
     run_id INTEGER NOT NULL,
@@ -80,6 +82,7 @@ class EmbeddedScheduler:
 
     `clock` gives the wall-clock time (for run timestamps, the default logical date of
     ``trigger`` and ``run_forever``); `sleep` waits between retries. Both exist for tests.
+    `on_sla_miss` is called once for each run found past its task's ``sla`` (at a tick).
     `jitter` maps each backoff delay to the one waited (`keel.jobs.retry.seeded_jitter`; default none).
     `slots` bounds how many runs execute at once (each task's ``max_active`` bounds its own).
     """
@@ -93,7 +96,9 @@ class EmbeddedScheduler:
         sleep: Callable[[float], None] = time.sleep,
         slots: int = 1,
         jitter: Jitter | None = None,
+        on_sla_miss: Callable[[Run], None] | None = None,
     ) -> None:
+        self._on_sla_miss = on_sla_miss
         self._jitter = jitter
         if slots < 1:
             raise ConfigError(f"the scheduler needs at least one run slot, not {slots}")
@@ -137,6 +142,7 @@ class EmbeddedScheduler:
     def tick(self, now: datetime) -> list[Run]:
         now = _utc(now)
         self._record_unrecorded()
+        self._check_slas(now)
         due: list[tuple[datetime, Task]] = []
         tokens = self._watch_tokens()
         with self._lock, self._transaction() as db:
@@ -289,6 +295,39 @@ class EmbeddedScheduler:
             known = ", ".join(sorted(self._tasks)) or "none"
             raise NotFoundError(f"no task named {name!r}; known tasks: {known}")
         return task
+
+    def sla_misses(self, task: str | None = None) -> list[Run]:
+        """The runs (of `task`, or all) that had not succeeded by their SLA, newest first."""
+        where = "WHERE sla.missed = 1" + (" AND sla.task = ?" if task is not None else "")
+        columns = ", ".join(f"runs.{c.strip()}" for c in _COLUMNS.split(","))
+        rows = self._query(f"SELECT {columns} FROM sla JOIN runs ON runs.id = sla.run_id {where} ORDER BY runs.id DESC",
+                           (task,) if task is not None else ())
+        return [_to_run(row) for row in rows]
+
+    def _check_slas(self, now: datetime) -> None:
+        """Judge, once each, the runs whose SLA deadline has passed; report the misses."""
+        if not any(task.sla is not None for task in self._tasks.values()):
+            return  # no write transaction per tick for nothing
+        missed: list[Run] = []
+        with self._lock, self._transaction() as db:
+            for task in self._tasks.values():
+                if task.sla is None:
+                    continue
+                cutoff = _iso(now - timedelta(seconds=task.sla))
+                rows = db.execute(f"SELECT {_COLUMNS} FROM runs WHERE task = ? AND logical_date <= ? AND id NOT IN "
+                                  "(SELECT run_id FROM sla WHERE task = ?)", (task.name, cutoff, task.name)).fetchall()
+                for run in map(_to_run, rows):
+                    deadline = run.logical_date + timedelta(seconds=task.sla)
+                    on_time = run.state == "success" and run.finished is not None and run.finished <= deadline
+                    db.execute("INSERT INTO sla (run_id, task, missed, checked) VALUES (?, ?, ?, ?)",
+                               (run.id, task.name, not on_time, _iso(now)))
+                    if not on_time:
+                        missed.append(run)
+        for run in missed:
+            log.warning("task %s missed its SLA for %s: %s by %s", run.task, run.logical_date, run.state,
+                        run.logical_date + timedelta(seconds=self._tasks[run.task].sla or 0))
+            if self._on_sla_miss is not None:
+                self._on_sla_miss(run)
 
     def _watch_tokens(self) -> dict[str, str]:
         """Each watched task's current input token; a watch that fails skips its task this tick."""

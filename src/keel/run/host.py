@@ -26,6 +26,7 @@ from keel.project.declare import Aggregation, Processor
 from keel.errors import BackendError, ConfigError
 from keel.jobs.embedded import EmbeddedScheduler
 from keel.jobs.run import scheduler_tasks
+from keel.monitor.jobs import count_sla_miss
 from keel.run.runtime import Runtime
 from keel.serve.app import build_app, gateway_options
 from keel.serve.protocol import StampedHttp
@@ -64,7 +65,8 @@ class Platform:
         self.port = runtime.config.serve.port if port is None else port
         self.stop_event = threading.Event()
         self.components: list[Component] = []
-        self.scheduler = EmbeddedScheduler(runtime.state_dir / "scheduler.db", scheduler_tasks(runtime.catalog, runtime))
+        self.scheduler = EmbeddedScheduler(runtime.state_dir / "scheduler.db", scheduler_tasks(runtime.catalog, runtime),
+                                           on_sla_miss=count_sla_miss)
         self.with_scheduler = scheduler
         self.server: uvicorn.Server | None = None
         self.errors: list[str] = []  # fatal errors (a ConfigError): `keel up` exits with them
