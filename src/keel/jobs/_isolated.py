@@ -71,6 +71,9 @@ def call_isolated(name: str, run: Callable[[datetime], object], logical_date: da
                                   f"{_exit_code(process)})")
         if isinstance(outcome, BaseException):
             raise outcome
+    except BaseException:
+        process.kill()  # an interrupt while waiting must not leave the run going on in its process
+        raise
     finally:
         receive.close()
         process.join()
