@@ -3,8 +3,9 @@
 A job function gets a `JobContext` and returns SQL text (run over the lake's tables by name, on the
 profile's batch engine: DuckDB by default, Spark with `batch = "spark://..."`), an Arrow table or a
 Polars frame. A SQL result has DuckDB's column types whichever engine computed it, so a table
-written by one engine takes the next run's rows from the other. A view output gets one value per row, keyed by the job's `key`
-column and versioned by the logical date, so re-running an older date never regresses a newer one.
+written by one engine takes the next run's rows from the other. A view output gets one value per row,
+keyed by the job's `key` column and versioned by the logical date, so re-running an older date never
+regresses a newer one.
 
 A table output is replaced by the result in one commit, versioned (`Lake.overwrite` with the job as
 writer) by the logical date first and a run number second: every run of a date, the first, an
@@ -27,7 +28,7 @@ import polars as pl
 import pyarrow as pa
 
 from keel.batch.base import BatchEngine
-from keel.errors import ConflictError, KeelError
+from keel.errors import ConflictError, KeelError, SchemaError
 from keel.jobs.base import Task
 from keel.kv.views import Views
 from keel.lake import Lake
@@ -123,8 +124,8 @@ def in_duckdb_types(lake: Lake, query: str, result: pa.Table) -> pa.Table:
 
     Engines type some results differently (Spark: a sum of decimals is decimal(20,2) where DuckDB says
     decimal(38,2), row_number() int32 where DuckDB says int64). A job's table is created from its
-    first result and later results must fit it, so every engine's result takes DuckDB's types: DuckDB
-    plans the query over no rows (``LIMIT 0``: the lake's table metadata, no data read) for its schema.
+    first result and later results must fit it, so every engine's result takes DuckDB's types, which
+    DuckDB finds by running the query with ``LIMIT 0``.
     """
     from keel.lake.sql import SqlSession
 
@@ -132,7 +133,11 @@ def in_duckdb_types(lake: Lake, query: str, result: pa.Table) -> pa.Table:
         wanted = session.query(f"SELECT * FROM ({query.strip().rstrip(';')}) LIMIT 0").schema
     if wanted.names != result.column_names:
         return result
-    return result.cast(pa.schema(wanted, metadata=result.schema.metadata))
+    try:
+        return result.cast(pa.schema(wanted, metadata=result.schema.metadata))
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError) as exc:
+        raise SchemaError(f"the batch engine's result does not fit the types DuckDB gives the query ({exc}); "
+                          "cast the columns in the query to the types wanted") from exc
 
 
 # The logical date `job_sql` calls job functions with: fixed, so that `keel check` is repeatable.
