@@ -26,7 +26,7 @@ engines: setup
 	PYTHON="$(BIN)/python" bash scripts/install-kafka.sh
 	PYTHON="$(BIN)/python" bash scripts/install-s3.sh
 	PYTHON="$(BIN)/python" bash scripts/install-spark.sh
-	bash scripts/install-airflow.sh
+	AIRFLOW_PYTHON="$(PYTHON)" bash scripts/install-airflow.sh
 
 test: engines
 	$(BIN)/python -m pytest -p no:cacheprovider tests

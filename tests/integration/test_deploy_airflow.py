@@ -66,13 +66,11 @@ def test_the_dag_keeps_the_declared_schedule_dependencies_retries_and_owner(desc
         assert list(dags) == [DAG_ID]
         dag = dags[DAG_ID]
         assert (dag["schedule"], dag["catchup"], dag["owner"]) == ("0 3 * * *", False, "recs")
-        assert dag["tasks"] == {
-            "compute_co_views": {"operator": operator, "upstream": [], "retries": 2, "owner": "recs",
-                                 **({"pod": dag["tasks"]["compute_co_views"]["pod"]} if profile == "prod" else {})},
+        tasks = {task_id: {k: v for k, v in task.items() if k != "pod"} for task_id, task in dag["tasks"].items()}
+        assert tasks == {
+            "compute_co_views": {"operator": operator, "upstream": [], "retries": 2, "owner": "recs"},
             "compute_similar_items": {"operator": operator, "upstream": ["compute_co_views"], "retries": 2,
-                                      "owner": "recs",
-                                      **({"pod": dag["tasks"]["compute_similar_items"]["pod"]} if profile == "prod"
-                                         else {})},
+                                      "owner": "recs"},
         }
 
 
@@ -94,6 +92,7 @@ def test_dags_test_runs_the_shops_jobs_end_to_end_into_the_lake(airflow: Airflow
     r = airflow.cli("dags", "test", DAG_ID, "2026-01-01")
     assert r.returncode == 0, r.stdout[-5000:] + r.stderr[-3000:]
     assert "state=success" in r.stdout + r.stderr, r.stdout[-5000:] + r.stderr[-3000:]
+    assert "--date '2026-01-01 00:00:00+00:00'" in r.stdout + r.stderr  # the logical date reached `keel run`
     lake = open_lake(load_config(shop).lake)
     co_views = lake.read("co_views").to_pylist()
     assert sorted((r["item_id"], r["other_item"], r["users"]) for r in co_views) == [("i1", "i2", 2), ("i2", "i1", 2)]
