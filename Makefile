@@ -19,12 +19,14 @@ setup: $(VENV)/.installed
 demo: setup
 	$(BIN)/keel demo
 
-# Real engines for the tests: Kafka broker jars (Maven Central), redis-server (Debian), moto (PyPI).
+# Real engines for the tests: Kafka broker jars (Maven Central), redis-server (Debian), moto (PyPI),
+# Spark + Delta jars, Airflow 3 (its own venv in .cache/airflow).
 engines: setup
 	PYTHON="$(BIN)/python" bash scripts/install-redis.sh
 	PYTHON="$(BIN)/python" bash scripts/install-kafka.sh
 	PYTHON="$(BIN)/python" bash scripts/install-s3.sh
 	PYTHON="$(BIN)/python" bash scripts/install-spark.sh
+	AIRFLOW_PYTHON="$(PYTHON)" bash scripts/install-airflow.sh
 
 test: engines
 	$(BIN)/python -m pytest -p no:cacheprovider tests

@@ -18,7 +18,7 @@ import pytest
 
 import keel
 from keel.bus import open_bus
-from keel.engines import Engines
+from keel.jobs.run import LocalJobEngines
 from keel.project.catalog import Catalog, collecting
 from keel.errors import BackendError, ConflictError
 from keel.jobs.embedded import EmbeddedScheduler
@@ -47,7 +47,7 @@ def shop(tmp_path: Path) -> Iterator[Any]:
     lake = open_lake(f"file://{tmp_path}/lake")
     lake.create_table("orders", ORDERS)
     bus, kv = open_bus(f"file://{tmp_path}/bus"), open_kv(f"file://{tmp_path}/kv.db")
-    engines = Engines(bus=bus, lake=lake, views=Views(kv, {}), state_dir=tmp_path / "state")
+    engines = LocalJobEngines(lake=lake, views=Views(kv, {}))
     catalog = declare()
     with EmbeddedScheduler(tmp_path / "scheduler.db", scheduler_tasks(catalog, engines),
                            sleep=lambda s: None) as scheduler:

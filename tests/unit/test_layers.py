@@ -15,7 +15,7 @@ LAYERS: list[set[str]] = [
     {"bus", "lake", "kv"},
     {"project"},
     {"engines"},
-    {"streaming", "serve", "jobs", "monitor", "experiments", "batch"},
+    {"streaming", "serve", "jobs", "monitor", "experiments", "batch", "deploy"},
     {"run"},
     {"cli"},
 ]

@@ -15,6 +15,7 @@ create anything: see `keel.monitor.status`.
 from __future__ import annotations
 
 import json
+import shlex
 import signal
 import sys
 import threading
@@ -504,6 +505,29 @@ def experiments_report(name: str, project: Path, profile: str | None) -> None:
         out.print(f"[bold]{name} / {metric}[/bold]")
         for line in result.summary_lines():
             out.print("  " + line)
+
+
+@app.group(context_settings=CONTEXT)
+def deploy() -> None:
+    """Deploy the project's declarations to another system."""
+
+
+@deploy.command("airflow")
+@project_options
+@click.option("--out", "out_dir", type=click.Path(path_type=Path), required=True, metavar="DIR",
+              help="The folder for the DAG files (Airflow's dags folder); created if missing.")
+def deploy_airflow(project: Path, profile: str | None, out_dir: Path) -> None:
+    """Write one Airflow DAG file per job graph into DIR.
+
+    Each task runs `keel run JOB`: in a Kubernetes pod on a production profile, as a shell command otherwise."""
+    from keel.deploy.airflow import write_dags
+    from keel.project.loading import load_project
+
+    p = load_project(project, profile)
+    command = shlex.join(["keel", "deploy", "airflow", "--out", str(out_dir), "--project", str(project),
+                          "--profile", p.config.profile])
+    for path in write_dags(p.catalog, p.config, out_dir, command):
+        out.print(f"wrote {path}", highlight=False)
 
 
 @app.group(context_settings=CONTEXT)

@@ -14,8 +14,13 @@ keel.toml::
     lake = "file://.keel/lake"
     kv   = "file://.keel/kv.db"
 
+    [profiles.prod]
+    production = true              # default: true for any profile but local, test and dev
+    image = "registry/shop:1.0"    # `keel deploy airflow`: the image its Kubernetes pods run (keel + the project)
+    namespace = "data"             # ... and their namespace (default: "default")
+
 Variables override the chosen profile: KEEL_PROFILE, KEEL_BUS, KEEL_LAKE, KEEL_KV, KEEL_BATCH,
-KEEL_SCHEDULER, KEEL_STATE, KEEL_HOST, KEEL_PORT, KEEL_MAX_INFLIGHT_BYTES, KEEL_MAX_QUEUE_SECONDS.
+KEEL_SCHEDULER, KEEL_STATE, KEEL_SPARK_JARS, KEEL_HOST, KEEL_PORT, KEEL_MAX_INFLIGHT_BYTES, KEEL_MAX_QUEUE_SECONDS.
 """
 
 from __future__ import annotations
@@ -40,7 +45,7 @@ LOCAL_DEFAULTS = {
 }
 _ENGINE_KEYS = tuple(LOCAL_DEFAULTS)
 _GATEWAY_LIMITS = {"max_inflight_bytes": int, "max_queue_seconds": float, "max_concurrency": int}  # ServeConfig fields a profile may set
-_KNOWN_PROFILE_KEYS = set(_ENGINE_KEYS) | {"host", "port", "production"} | set(_GATEWAY_LIMITS)
+_KNOWN_PROFILE_KEYS = set(_ENGINE_KEYS) | {"host", "port", "production", "spark_jars", "image", "namespace"} | set(_GATEWAY_LIMITS)
 
 
 @dataclass(frozen=True)
@@ -66,6 +71,11 @@ class Config:
     scheduler: str
     state: str
     production: bool = False
+    # the folder of the Delta jars a Spark batch engine loads (scripts/install-spark.sh's .cache/spark/jars),
+    # a file:// URL; None: they are on the cluster's class path already
+    spark_jars: str | None = None
+    image: str = ""  # the container image of `keel deploy airflow`'s pods (production profiles)
+    namespace: str = "default"  # their Kubernetes namespace
     serve: ServeConfig = field(default_factory=ServeConfig)
 
     def with_engines(self, **urls: str) -> Config:
@@ -132,12 +142,16 @@ def load_config(root: Path | str, profile: str | None = None, env: Mapping[str, 
                               f"e.g. {getattr(ServeConfig, key)}") from None
         if limits[key] <= 0:
             raise ConfigError(f"{key} must be above 0 (got {text!r}); the default is {getattr(ServeConfig, key)}")
+    jars = env.get("KEEL_SPARK_JARS", chosen.get("spark_jars"))
     return Config(
         root=root,
+        spark_jars=None if not jars else resolve_url(f"file://{jars}", root),
         project_name=name,
         module=str(module),
         profile=profile,
         production=bool(chosen.get("production", profile not in ("local", "test", "dev"))),
+        image=str(chosen.get("image", "")),
+        namespace=str(chosen.get("namespace", "default")),
         serve=ServeConfig(host=host, port=port, **limits),
         **{k: resolve_url(v, root) for k, v in settings.items()},
     )

@@ -1,5 +1,5 @@
 """`keel check` against what is deployed: the declared schemas against the tables the lake holds and
-the schema versions of the events on the bus.
+the schema versions of the events on the bus, and the jobs' SQL against the profile's batch engine.
 
 Apart from `keel.project.checks` (which reads the declarations only) because it opens the engines.
 """
@@ -12,7 +12,9 @@ import polars as pl
 import pyarrow as pa
 
 from keel.bus import Bus, open_bus
-from keel.errors import Problem, ProjectError, SchemaError
+from keel.batch import check_translatable
+from keel.errors import Problem, ProjectError, QueryError, SchemaError
+from keel.jobs.run import job_sql
 from keel.lake import open_lake
 from keel.lake._conform import canonical_schema, conform
 from keel.project.catalog import Catalog
@@ -155,9 +157,37 @@ def _bus_versions(catalog: Catalog, bus: Bus) -> list[Problem]:
     return out
 
 
+def batch_problems(catalog: Catalog, batch_url: str) -> list[Problem]:
+    """On a Spark batch engine, each job whose SQL keel cannot translate, naming the constructs.
+
+    A job's SQL is what its function returns; `keel.jobs.run.job_sql` gets it by calling the function
+    with a context whose `sql` and `read` raise, for a fixed logical date, opening no engine. A function
+    that needs data before it returns its SQL (or returns a frame) is skipped without a problem: its
+    query is checked when it runs (`UntranslatableError`, naming the same constructs). On DuckDB
+    every job's SQL runs as written: nothing to check.
+    """
+    if not batch_url.startswith("spark://"):
+        return []
+    out: list[Problem] = []
+    for job in catalog.jobs.values():
+        sql = job_sql(job)
+        if sql is None:
+            continue
+        try:
+            constructs = check_translatable(sql)
+        except QueryError as exc:
+            out.append(problem_at(job, f"returns SQL that keel cannot read: {exc}", "fix the query"))
+            continue
+        if constructs:
+            out.append(problem_at(job, f"returns SQL that cannot run on the Spark batch engine ({batch_url}): "
+                                       + "; ".join(constructs),
+                                  "rewrite those parts in SQL both engines share, or return a frame"))
+    return out
+
+
 def check_deployed(config: Config, catalog: Catalog) -> None:
     """`keel check`'s second half: raise ``ProjectError`` listing `deployed_problems` against the
-    profile's lake and bus."""
-    problems = deployed_problems(catalog, config.lake, config.bus)
+    profile's lake and bus, and `batch_problems` against its batch engine."""
+    problems = deployed_problems(catalog, config.lake, config.bus) + batch_problems(catalog, config.batch)
     if problems:
         raise ProjectError(problems)

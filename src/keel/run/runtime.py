@@ -1,7 +1,7 @@
 """A project at run time: its catalog and the engines its profile names, opened once.
 
-`Runtime` is what the CLI, the gateway, processors and jobs share: `bus`, `lake`, `views`, and
-`ensure()` which creates every declared stream (with its dead-letter stream) and is idempotent.
+`Runtime` is what the CLI, the gateway, processors and jobs share: `bus`, `lake`, `views`, `batch`
+(the engine jobs' SQL runs on, opened only when a job runs SQL), and `ensure()` which creates every declared stream (with its dead-letter stream) and is idempotent.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from functools import cached_property
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from keel.batch.base import BatchEngine
 from keel.bus import Bus, StreamConfig, open_bus
 from keel.project.catalog import Catalog
 from keel.project.config import Config
@@ -56,6 +57,16 @@ class Runtime:
     @cached_property
     def views(self) -> Views:
         return Views(self.kv, {v.name: seconds(v.ttl) for v in self.catalog.views.values()})
+
+    @cached_property
+    def batch(self) -> BatchEngine:
+        """The profile's batch engine over the lake, opened on first use: only a job that runs SQL opens
+        it, so `keel up` and the read commands never start a Spark session (~15 s) unless a job runs."""
+        from keel.batch import open_batch
+
+        jars = self.config.spark_jars
+        options = {"jars": file_path(jars)} if jars and self.config.batch.startswith("spark://") else {}
+        return open_batch(self.config.batch, self.lake, **options)
 
     @property
     def state_dir(self) -> Path:
@@ -106,7 +117,7 @@ class Runtime:
 
     def close(self) -> None:
         self.__dict__.pop("engines", None)
-        for name in ("bus", "kv"):
+        for name in ("batch", "bus", "kv"):
             engine = self.__dict__.pop(name, None)
             if engine is not None:
                 engine.close()

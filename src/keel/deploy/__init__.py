@@ -1,0 +1,1 @@
+"""Deploying a project's declarations to systems outside keel: DAG files for Airflow (`airflow.py`)."""
