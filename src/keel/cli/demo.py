@@ -25,8 +25,8 @@ from rich.console import Console
 from rich.progress import Progress
 
 from keel.errors import BackendError
-from keel.run.host import Platform, free_port
 from keel.project.loading import copy_example
+from keel.run.host import Platform, free_port
 from keel.run.runtime import Runtime
 
 CATEGORIES = 10
