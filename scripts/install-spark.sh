@@ -27,8 +27,9 @@ if ! command -v java >/dev/null 2>&1; then
   exit 1
 fi
 
-if ! "$PY" -c "import pyspark, delta, sqlglot; assert pyspark.__version__.startswith('$SPARK_MINOR.')" >/dev/null 2>&1; then
-  "$PY" -m pip install --quiet "pyspark[sql]>=$SPARK_MINOR,<4.3" "delta-spark==$DELTA_VERSION" "sqlglot>=30.0"
+# pandas < 3, as the spark extra pins it: pyspark 4.2 warns that it does not yet fully support pandas 3
+if ! "$PY" -c "import pyspark, delta, sqlglot, pandas; assert pyspark.__version__.startswith('$SPARK_MINOR.'); assert int(pandas.__version__.split('.')[0]) < 3" >/dev/null 2>&1; then
+  "$PY" -m pip install --quiet "pyspark[sql]>=$SPARK_MINOR,<4.3" "delta-spark==$DELTA_VERSION" "sqlglot>=30.0" "pandas>=2.2,<3"
 fi
 PYSPARK_JARS="$("$PY" -c 'import os, pyspark; print(os.path.join(os.path.dirname(pyspark.__file__), "jars"))')"
 
