@@ -94,7 +94,9 @@ class ExperimentResult:
             counts = " / ".join(f"{n}={c:,}" for n, c in check.observed.items())
             shares = " / ".join(f"{s:.0%}" for s in check.expected_share.values())
             flag = "MISMATCH: do not trust this result" if check.mismatch else "ok"
-            lines.append(f"sample ratio: {counts} vs declared {shares}: p = {_num(check.p_value)}, {flag}")
+            # two lines: the counts can be long, and one line would wrap mid-figure at 80 columns
+            lines.append(f"sample ratio: {counts}, declared {shares}")
+            lines.append(f"sample ratio test: p = {_num(check.p_value)}, {flag}")
         lines += [f"note: {n}" for n in self.notes]
         return lines
 
