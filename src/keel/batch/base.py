@@ -26,6 +26,8 @@ from typing import Literal, Protocol, TypeAlias, runtime_checkable
 import polars as pl
 import pyarrow as pa
 
+from keel.errors import NotFoundError, SchemaError
+
 Frame: TypeAlias = "pa.Table | pl.DataFrame"
 GroupFunction: TypeAlias = Callable[..., Frame]  # (one group's rows as an Arrow table or a Polars frame) -> rows
 FrameKind: TypeAlias = Literal["arrow", "polars"]
@@ -45,18 +47,20 @@ class BatchEngine(Protocol):
     def close(self) -> None: ...
 
 
-def group_keys(key: str | Sequence[str]) -> list[str]:
-    """The key columns of a `map_groups` call; at least one."""
+def group_keys(key: str | Sequence[str], columns: Sequence[str]) -> list[str]:
+    """The key columns of a `map_groups` call over a result with `columns`: at least one, each of them there."""
     keys = [key] if isinstance(key, str) else list(key)
     if not keys:
         raise ValueError("map_groups needs at least one key column")
+    missing = [k for k in keys if k not in columns]
+    if missing:
+        raise NotFoundError(f"map_groups: no key column(s) {missing} in the query's result "
+                            f"(columns: {', '.join(columns)})")
     return keys
 
 
 def conform_result(result: object, schema: pa.Schema, what: str) -> pa.Table:
     """A group function's result as an Arrow table of exactly `schema` (columns chosen and cast)."""
-    from keel.errors import SchemaError
-
     if isinstance(result, pl.DataFrame):
         result = result.to_arrow()
     if not isinstance(result, pa.Table):

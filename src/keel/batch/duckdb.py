@@ -13,7 +13,7 @@ import polars as pl
 import pyarrow as pa
 
 from keel.batch.base import FrameKind, GroupFunction, conform_result, group_keys
-from keel.errors import ConfigError, NotFoundError
+from keel.errors import ConfigError
 from keel.lake.base import Lake
 from keel.lake.sql import SqlSession
 
@@ -40,12 +40,8 @@ class DuckDBBatch:
 
     def map_groups(self, sql: str, key: str | Sequence[str], fn: GroupFunction, schema: pa.Schema,
                    *, frames: FrameKind = "arrow") -> pa.Table:
-        keys = group_keys(key)
         rows = self.query(sql)
-        missing = [k for k in keys if k not in rows.column_names]
-        if missing:
-            raise NotFoundError(f"map_groups: no key column(s) {missing} in the query's result "
-                                f"(columns: {', '.join(rows.column_names)})")
+        keys = group_keys(key, rows.column_names)
         what = f"group function {getattr(fn, '__name__', fn)!r}"
         parts = [conform_result(fn(pl.from_arrow(group) if frames == "polars" else group), schema, what)
                  for group in split_groups(rows, keys)]

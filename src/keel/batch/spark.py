@@ -162,12 +162,8 @@ class SparkBatch:
                    *, frames: FrameKind = "arrow") -> pa.Table:
         from pyspark.sql.pandas.types import from_arrow_schema
 
-        keys = group_keys(key)
         frame = self._frame(sql)
-        missing = [k for k in keys if k not in frame.columns]
-        if missing:
-            raise NotFoundError(f"map_groups: no key column(s) {missing} in the query's result "
-                                f"(columns: {', '.join(frame.columns)})")
+        keys = group_keys(key, frame.columns)
         what = f"group function {getattr(fn, '__name__', fn)!r}"
 
         def each_group(group: pa.Table) -> pa.Table:
